@@ -1,0 +1,262 @@
+"""Every setting of tmail: its environment variable, its default, and its validation.
+
+All processes (API, SMTP receiver, queue runner, ops CLI) build one :class:`Config` with
+:func:`load` at start-up. A bad value stops the process with a message naming the variable,
+instead of failing later in the middle of a delivery. Nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_ADMIN_PASSWORD = "admin"
+
+
+class ConfigError(ValueError):
+    """A setting has a value tmail cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A ``host:port`` pair, as used for listening addresses and routes."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated settings; build it with :func:`load` (tests may build it directly)."""
+
+    data_dir: Path
+    mailboxes_dir: Path
+    api_bind: HostPort = HostPort("127.0.0.1", 8080)
+    admin_user: str = "admin"
+    admin_password: str = DEFAULT_ADMIN_PASSWORD
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    default_quota: str = "1G"
+    hostname: str = field(default_factory=socket.getfqdn)
+    smtp_bind: HostPort = HostPort("127.0.0.1", 2525)
+    smtp_auth_require_tls: bool = True
+    local_domains: tuple[str, ...] = ()
+    relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_message_size: int = 26_214_400
+    max_recipients: int = 100
+    routes: tuple[tuple[str, HostPort], ...] = ()
+    runner_concurrency: int = 20
+    runner_destination_concurrency: int = 10
+    runner_timeout: float = 60.0
+    runner_starttls: str = "may"
+    runner_sweep_interval: float = 60.0
+    retry_min_backoff: float = 300.0
+    retry_max_backoff: float = 4000.0
+    max_queue_lifetime: float = 432_000.0
+    delay_warning: float = 14_400.0
+    over_quota_permanent: bool = False
+    orphan_grace: float = 3600.0
+    metrics_public: bool = False
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.data_dir / "queue"
+
+    @property
+    def users_db(self) -> Path:
+        return self.data_dir / "users.db"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        """The certificate to serve: the configured one, or the one generated in the data dir."""
+        return self.tls_cert or self.data_dir / "tls" / "cert.pem"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return self.tls_key or self.data_dir / "tls" / "key.pem"
+
+    @property
+    def tls_is_generated(self) -> bool:
+        return self.tls_cert is None
+
+    def route_for(self, domain: str) -> HostPort | None:
+        """The smtproute for ``domain``: an exact match first, then the ``*`` smart host."""
+        domain = domain.lower()
+        wildcard = None
+        for pattern, target in self.routes:
+            if pattern == domain:
+                return target
+            if pattern == "*":
+                wildcard = target
+        return wildcard
+
+
+# --- parsers: each turns one raw string into a value or raises ValueError(reason) ---------
+
+
+def parse_host_port(raw: str) -> HostPort:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT")
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"port {port!r} is not a number between 1 and 65535")
+    return HostPort(host, int(port))
+
+
+def parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def parse_seconds(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be zero or more seconds")
+    return value
+
+
+def parse_domains(raw: str) -> tuple[str, ...]:
+    domains = tuple(d.strip().lower().rstrip(".") for d in raw.split(",") if d.strip())
+    for domain in domains:
+        if "@" in domain or " " in domain or ("." not in domain and domain != "localhost"):
+            raise ValueError(f"{domain!r} is not a domain name")
+    return domains
+
+
+def parse_networks(
+    raw: str,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(
+        ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip()
+    )
+
+
+def parse_routes(raw: str) -> tuple[tuple[str, HostPort], ...]:
+    """tmail's smtproutes: ``domain=host:port,*=host:port``."""
+    routes = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        domain, sep, target = part.partition("=")
+        if not sep or not domain.strip():
+            raise ValueError(f"{part!r} is not DOMAIN=HOST:PORT")
+        routes.append((domain.strip().lower(), parse_host_port(target.strip())))
+    return tuple(routes)
+
+
+def parse_starttls(raw: str) -> str:
+    if raw not in {"may", "encrypt", "none"}:
+        raise ValueError("expected may, encrypt or none")
+    return raw
+
+
+def parse_quota(raw: str) -> str:
+    from tmail.quota import parse_quota as parse  # the one quota grammar
+
+    parse(raw)
+    return raw
+
+
+# variable name -> (Config field, parser). The README's configuration table mirrors this.
+_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "TMAIL_DATA_DIR": ("data_dir", lambda raw: Path(raw).resolve()),
+    "TMAIL_MAILBOXES_DIR": ("mailboxes_dir", lambda raw: Path(raw).resolve()),
+    "TMAIL_API_BIND": ("api_bind", parse_host_port),
+    "TMAIL_ADMIN_USER": ("admin_user", str),
+    "TMAIL_ADMIN_PASSWORD": ("admin_password", str),
+    "TMAIL_TLS_CERT": ("tls_cert", lambda raw: Path(raw).resolve() if raw else None),
+    "TMAIL_TLS_KEY": ("tls_key", lambda raw: Path(raw).resolve() if raw else None),
+    "TMAIL_DEFAULT_QUOTA": ("default_quota", parse_quota),
+    "TMAIL_HOSTNAME": ("hostname", str),
+    "TMAIL_SMTP_BIND": ("smtp_bind", parse_host_port),
+    "TMAIL_SMTP_AUTH_REQUIRE_TLS": ("smtp_auth_require_tls", parse_bool),
+    "TMAIL_LOCAL_DOMAINS": ("local_domains", parse_domains),
+    "TMAIL_RELAY_NETWORKS": ("relay_networks", parse_networks),
+    "TMAIL_MAX_MESSAGE_SIZE": ("max_message_size", parse_positive_int),
+    "TMAIL_MAX_RECIPIENTS": ("max_recipients", parse_positive_int),
+    "TMAIL_ROUTES": ("routes", parse_routes),
+    "TMAIL_RUNNER_CONCURRENCY": ("runner_concurrency", parse_positive_int),
+    "TMAIL_RUNNER_DESTINATION_CONCURRENCY": ("runner_destination_concurrency", parse_positive_int),
+    "TMAIL_RUNNER_TIMEOUT": ("runner_timeout", parse_seconds),
+    "TMAIL_RUNNER_STARTTLS": ("runner_starttls", parse_starttls),
+    "TMAIL_RUNNER_SWEEP_INTERVAL": ("runner_sweep_interval", parse_seconds),
+    "TMAIL_RETRY_MIN_BACKOFF": ("retry_min_backoff", parse_seconds),
+    "TMAIL_RETRY_MAX_BACKOFF": ("retry_max_backoff", parse_seconds),
+    "TMAIL_MAX_QUEUE_LIFETIME": ("max_queue_lifetime", parse_seconds),
+    "TMAIL_DELAY_WARNING": ("delay_warning", parse_seconds),
+    "TMAIL_OVER_QUOTA_PERMANENT": ("over_quota_permanent", parse_bool),
+    "TMAIL_ORPHAN_GRACE": ("orphan_grace", parse_seconds),
+    "TMAIL_METRICS_PUBLIC": ("metrics_public", parse_bool),
+}
+
+
+def load(environ: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from ``environ`` (default: the process environment).
+
+    Raises :class:`ConfigError` naming the first variable whose value does not parse.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {
+        "data_dir": Path("var").resolve(),
+        "mailboxes_dir": Path("mailboxes").resolve(),
+    }
+    for name, (attr, parse) in _SETTINGS.items():
+        raw = env.get(name)
+        if raw is None:
+            continue
+        try:
+            values[attr] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    config = Config(**values)  # type: ignore[arg-type]
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("TMAIL_TLS_CERT and TMAIL_TLS_KEY must be set together")
+    if config.retry_min_backoff > config.retry_max_backoff:
+        raise ConfigError("TMAIL_RETRY_MIN_BACKOFF is larger than TMAIL_RETRY_MAX_BACKOFF")
+    if not config.admin_user:
+        raise ConfigError("TMAIL_ADMIN_USER must not be empty")
+
+
+def check_api_exposure(config: Config) -> None:
+    """Refuse to serve the admin API beyond loopback with the well-known default password."""
+    if not config.api_bind.is_loopback and config.admin_password == DEFAULT_ADMIN_PASSWORD:
+        raise ConfigError(
+            f"TMAIL_API_BIND={config.api_bind} is not a loopback address and "
+            "TMAIL_ADMIN_PASSWORD is still the default 'admin': set a real password first"
+        )

@@ -1,0 +1,40 @@
+"""Which records a listing or a bulk operation applies to (the API's and CLI's filters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from tmail.queue.record import Record, Status
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """All given criteria must match; addresses and hosts compare case-insensitively.
+
+    ``mail_from=""`` selects the null sender (bounces), ``None`` means "any sender".
+    """
+
+    status: Status | None = None
+    host: str | None = None
+    rcpt: str | None = None
+    mail_from: str | None = None
+    older_than: float | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return all(
+            value is None
+            for value in (self.status, self.host, self.rcpt, self.mail_from, self.older_than)
+        )
+
+    def matches(self, record: Record, at: datetime) -> bool:
+        if self.status is not None and record.status != self.status:
+            return False
+        if self.host is not None and record.host != self.host.lower():
+            return False
+        if self.rcpt is not None and record.rcpt_to.lower() != self.rcpt.lower():
+            return False
+        if self.mail_from is not None and record.mail_from.lower() != self.mail_from.lower():
+            return False
+        return self.older_than is None or record.age_seconds(at) >= self.older_than

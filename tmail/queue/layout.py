@@ -1,0 +1,74 @@
+"""Where everything lives in the queue tree (see docs/queue-format.md for the ops view).
+
+::
+
+    queue/
+      next-id                           the id counter (decimal text), flock'd to allocate
+      notify                            append-only hints "<Id>\\n" the daemon runner watches
+      messages/<u0u1>/<u2u3>/<Uuid>.eml the raw message, found from its Uuid
+      records/<a>/<b>/<Id>.json         one record per recipient, found from its Id
+      records/<a>/<b>/<Id>.eml          a hard link to the raw message, one per record
+      tmp/                              files being written (never read by anyone)
+      quarantine/                       records moved aside because they could not be used
+
+``<a>`` is ``Id // 1,000,000`` and ``<b>`` is ``Id // 1,000 % 1,000``, both three digits, so a
+leaf directory never holds more than 2,000 entries and walking the tree in name order walks
+the records in ``Id`` order. ``<u0u1>/<u2u3>`` are the first four hex digits of the Uuid:
+65,536 leaves keep ``messages/`` small at a million messages.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+RECORD_NAME = re.compile(r"^(\d+)\.json$")
+UUID_PATTERN = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class QueueLayout:
+    root: Path
+
+    @property
+    def counter(self) -> Path:
+        return self.root / "next-id"
+
+    @property
+    def notify(self) -> Path:
+        return self.root / "notify"
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def messages(self) -> Path:
+        return self.root / "messages"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    def directories(self) -> tuple[Path, ...]:
+        return (self.records, self.messages, self.tmp, self.quarantine)
+
+    def record_dir(self, record_id: int) -> Path:
+        return self.records / f"{record_id // 1_000_000:03d}" / f"{record_id // 1000 % 1000:03d}"
+
+    def record_json(self, record_id: int) -> Path:
+        return self.record_dir(record_id) / f"{record_id}.json"
+
+    def record_raw(self, record_id: int) -> Path:
+        return self.record_dir(record_id) / f"{record_id}.eml"
+
+    def message_dir(self, uuid: str) -> Path:
+        return self.messages / uuid[0:2] / uuid[2:4]
+
+    def message_raw(self, uuid: str) -> Path:
+        return self.message_dir(uuid) / f"{uuid}.eml"
