@@ -182,9 +182,17 @@ def test_corrupt_record_is_quarantined_and_the_rest_still_listed(store: QueueSto
     assert (store.layout.quarantine / "2.json").read_bytes() == b'{"Id": 2, "Uuid": '
 
 
-def test_record_whose_raw_message_is_missing_is_quarantined(store: QueueStore) -> None:
+def test_record_whose_link_is_missing_gets_it_back(store: QueueStore) -> None:
     store.enqueue(RAW, "a@b.org", ["x@y.org"])
     store.layout.record_raw(1).unlink()
+    assert store.get(1) is not None
+    assert store.layout.record_raw(1).read_bytes() == RAW
+
+
+def test_record_whose_raw_message_is_missing_is_quarantined(store: QueueStore) -> None:
+    [record] = store.enqueue(RAW, "a@b.org", ["x@y.org"])
+    store.layout.record_raw(1).unlink()
+    store.layout.message_raw(record.uuid).unlink()
     assert store.get(1) is None
     assert [q.id for q in store.quarantined()] == [1]
     assert "raw message is missing" in store.quarantined()[0].reason

@@ -5,7 +5,7 @@
     queue/
       next-id                           the id counter (decimal text), flock'd to allocate
       notify                            append-only hints "<Id>\\n" the daemon runner watches
-      messages/<u0u1>/<u2u3>/<Uuid>.eml the raw message, found from its Uuid
+      messages/<u0u1u2>/<Uuid>.eml      the raw message, found from its Uuid
       records/<a>/<b>/<Id>.json         one record per recipient, found from its Id
       records/<a>/<b>/<Id>.eml          a hard link to the raw message, one per record
       tmp/                              files being written (never read by anyone)
@@ -13,8 +13,9 @@
 
 ``<a>`` is ``Id // 1,000,000`` and ``<b>`` is ``Id // 1,000 % 1,000``, both three digits, so a
 leaf directory never holds more than 2,000 entries and walking the tree in name order walks
-the records in ``Id`` order. ``<u0u1>/<u2u3>`` are the first four hex digits of the Uuid:
-65,536 leaves keep ``messages/`` small at a million messages.
+the records in ``Id`` order. ``<u0u1u2>`` are the first three hex digits of the Uuid: the
+4,096 directories are all created with the queue, so that enqueueing never pays for a
+``mkdir``, and hold about 250 messages each at a million messages.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ class QueueLayout:
         return self.record_dir(record_id) / f"{record_id}.eml"
 
     def message_dir(self, uuid: str) -> Path:
-        return self.messages / uuid[0:2] / uuid[2:4]
+        return self.messages / uuid[0:3]
+
+    def message_dirs(self) -> list[Path]:
+        return [self.messages / f"{n:03x}" for n in range(16**3)]
 
     def message_raw(self, uuid: str) -> Path:
         return self.message_dir(uuid) / f"{uuid}.eml"

@@ -108,9 +108,20 @@ class QueueStore:
         self.layout = QueueLayout(root)
         for directory in self.layout.directories():
             fsutil.makedirs(directory)
+        self._create_message_dirs()
         self._ids = IdAllocator(self.layout.counter, block=id_block)
         self._dir_mutex = threading.Lock()
         self._known_dirs: set[Path] = set()
+
+    def _create_message_dirs(self) -> None:
+        """Create the 4,096 ``messages/`` leaves once; the last one created marks completion."""
+        leaves = self.layout.message_dirs()
+        if leaves[-1].is_dir():
+            return
+        for leaf in leaves:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(leaf, 0o750)
+        fsutil.fsync_dir(self.layout.messages)
 
     # --- enqueue ---------------------------------------------------------------------------
 
@@ -170,30 +181,26 @@ class QueueStore:
         ]
 
     def _publish(self, staged: list[tuple[Path, list[Record]]]) -> list[list[Record]]:
-        # 1. The raw bytes reach the disk and get all their names, durably, before any record.
+        # 1. The raw bytes reach the disk under their Uuid name before any record appears.
         for raw_tmp, _ in staged:
             fsutil.fsync_file(raw_tmp)
         fault_point("enqueue:raw-written")
-        touched: list[Path] = []
         for raw_tmp, records in staged:
-            uuid = records[0].uuid
-            self._ensure_dir(self.layout.message_dir(uuid))
-            os.rename(raw_tmp, self.layout.message_raw(uuid))
-            touched.append(self.layout.message_dir(uuid))
+            os.rename(raw_tmp, self.layout.message_raw(records[0].uuid))
+        fsutil.fsync_dirs(self.layout.message_dir(records[0].uuid) for _, records in staged)
+        fault_point("enqueue:raw-linked")
+        # 2. Each record gets its link to the raw file, then appears by one rename. A crash
+        #    between the two leaves a record without its link: ``_relink`` repairs it.
+        json_tmps = []
+        for _, records in staged:
             for record in records:
                 self._ensure_dir(self.layout.record_dir(record.id))
-                os.link(self.layout.message_raw(uuid), self.layout.record_raw(record.id))
-                touched.append(self.layout.record_dir(record.id))
-        json_tmps = [
-            (fsutil.write_temp(self.layout.tmp, record.to_bytes(), sync=False), record)
-            for _, records in staged
-            for record in records
-        ]
+                os.link(self.layout.message_raw(record.uuid), self.layout.record_raw(record.id))
+                json_tmps.append(
+                    (fsutil.write_temp(self.layout.tmp, record.to_bytes(), sync=False), record)
+                )
         for tmp, _ in json_tmps:
             fsutil.fsync_file(tmp)
-        fsutil.fsync_dirs(touched)
-        fault_point("enqueue:raw-linked")
-        # 2. Each record appears by one rename; then the names are made durable.
         for tmp, record in json_tmps:
             os.rename(tmp, self.layout.record_json(record.id))
             fault_point("enqueue:record-renamed")
@@ -251,10 +258,8 @@ class QueueStore:
         record = self._load(record_id)
         if record is None:
             return None
-        try:
-            fd = os.open(self.layout.record_raw(record_id), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self.quarantine(record_id, "its raw message is missing")
+        fd = self._open_raw(record)
+        if fd is None:
             return None
         try:
             claimed = locks.is_locked(fd, locks.claim_byte(record_id))
@@ -263,6 +268,31 @@ class QueueStore:
         if record.status == Status.IN_DELIVERY and not claimed:
             record = record.evolve(status=Status.SCHEDULED)
         return record
+
+    def _open_raw(self, record: Record) -> int | None:
+        """Open the record's link to its raw message, repairing or quarantining as needed.
+
+        An enqueue cut short can leave a record without its ``.eml`` link while the message
+        still has its Uuid name: the link is made again. With no raw message at all the
+        record is useless and goes to quarantine.
+        """
+        path = self.layout.record_raw(record.id)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        try:
+            os.link(self.layout.message_raw(record.uuid), path)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            if self.layout.record_json(record.id).exists():
+                self.quarantine(record.id, "its raw message is missing")
+            return None
+        try:
+            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:  # removed meanwhile by another process
+            return None
 
     def _load(self, record_id: int) -> Record | None:
         path = self.layout.record_json(record_id)
@@ -325,11 +355,9 @@ class QueueStore:
 
         Mutation locks are short: nobody delivers or waits on the network while holding one.
         """
-        try:
-            fd = os.open(self.layout.record_raw(record_id), os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if self.layout.record_json(record_id).exists():
-                self.quarantine(record_id, "its raw message is missing")
+        record = self._load(record_id)
+        fd = None if record is None else self._open_raw(record)
+        if fd is None:
             yield None
             return
         try:
@@ -424,12 +452,11 @@ class QueueStore:
                         and not os.path.exists(entry.path[: -len(".eml")] + ".json")
                     ):
                         removed += fsutil.unlink_quietly(entry.path)
-        for first in _scan(self.layout.messages):
-            for second in _scan(Path(first.path)):
-                for entry in _scan(Path(second.path)):
-                    info = entry.stat()
-                    if info.st_nlink <= 1 and info.st_mtime < deadline:
-                        removed += fsutil.unlink_quietly(entry.path)
+        for leaf in _scan(self.layout.messages):
+            for entry in _scan(Path(leaf.path)):
+                info = entry.stat()
+                if info.st_nlink <= 1 and info.st_mtime < deadline:
+                    removed += fsutil.unlink_quietly(entry.path)
         if removed:
             log.warning("queue cleanup removed %d leftovers of interrupted writes", removed)
         return removed
