@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tmail.queue import Envelope, QueueStore  # noqa: E402
+from tmail.queue import Envelope, QueueStore
 
 BODY = b"Subject: bench\r\n\r\n" + b"x" * (4096 - 18)
 
@@ -100,7 +100,8 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
 
     reference = statistics.median(rates["disk: 2 files fsync+rename"])
-    print(f"{args.messages} messages of 4 KiB, median of {args.rounds} rounds, {os.cpu_count()} cores")
+    print(f"{args.messages} messages of 4 KiB, median of {args.rounds} rounds,"
+          f" {os.cpu_count()} cores")
     print(f"{'variant':45} {'msg/s':>9} {'vs 2-file disk limit':>21}")
     for name, values in rates.items():
         median = statistics.median(values)

@@ -1,0 +1,79 @@
+"""The one place where errors become tmail's JSON body ``{"msg": ..., "raw": ...}``.
+
+Handlers never catch exceptions themselves: validation errors, domain errors, HTTP errors
+and anything unexpected all end here, with the right status and the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from tmail.users import UserError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error a handler raises on purpose: status, message and detail."""
+
+    def __init__(self, status: int, msg: str, raw: str = "") -> None:
+        super().__init__(msg)
+        self.status, self.msg, self.raw = status, msg, raw
+
+
+def error_response(status: int, msg: str, raw: str = "") -> Response:
+    response = jsonify({"msg": msg, "raw": raw})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="tmail"'
+    return response
+
+
+def describe_validation(messages: object, prefix: str = "") -> list[str]:
+    """Flatten marshmallow's nested messages into "field: reason" strings."""
+    if isinstance(messages, dict):
+        parts = []
+        for field, inner in messages.items():
+            name = field if field != "_schema" else ""
+            label = f"{prefix}.{name}" if prefix and name else prefix or name
+            parts.extend(describe_validation(inner, label))
+        return parts
+    if isinstance(messages, list):
+        return [f"{prefix}: {m}" if prefix else str(m) for m in messages
+                if not isinstance(m, dict | list)] + [
+            part for m in messages if isinstance(m, dict | list)
+            for part in describe_validation(m, prefix)
+        ]
+    return [f"{prefix}: {messages}" if prefix else str(messages)]
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.msg, exc.raw)
+
+    @app.errorhandler(ValidationError)
+    def validation_error(exc: ValidationError) -> Response:
+        reasons = (reason.rstrip(".") for reason in describe_validation(exc.messages))
+        return error_response(422, "invalid input", "; ".join(reasons))
+
+    @app.errorhandler(UserError)
+    def user_error(exc: UserError) -> Response:
+        return error_response(422, exc.msg, exc.raw)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        response = error_response(status, (exc.name or "error").lower(), exc.description or "")
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error")
+        return error_response(500, "internal server error", "see the server log")

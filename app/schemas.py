@@ -1,0 +1,157 @@
+"""Marshmallow schemas: what the API accepts, validated before any store is touched.
+
+Schemas are pure (no database): uniqueness is the store's job, raised as a domain error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from tmail.queue import Status
+from tmail.quota import parse_quota
+
+FORBIDDEN_IN_LOGIN = ("/", "\\", "..", "\x00")
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON ``true``/``false`` only: ``"yes"`` or ``1`` is an error, not a guess."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean (use true or false).")
+        return value
+
+
+def _password_length(value: str) -> None:
+    size = len(value.encode("utf-8"))
+    if not 6 <= size <= 72:
+        raise ValidationError(f"must be 6 to 72 bytes long (got {size}).")
+
+
+def _quota(value: str) -> None:
+    try:
+        parse_quota(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def check_login(login: str, have_mailbox: bool) -> list[str]:
+    """The reasons ``login`` is not acceptable (empty when it is)."""
+    reasons = []
+    if not 4 <= len(login) <= 256:
+        reasons.append(f"must be 4 to 256 characters long (got {len(login)}).")
+    if any(bad in login for bad in FORBIDDEN_IN_LOGIN) or any(c.isspace() for c in login):
+        reasons.append("must not contain '/', '\\', '..', NUL or whitespace.")
+    if have_mailbox:
+        local, at, domain = login.rpartition("@")
+        if not at or not local or "." not in domain or domain.startswith(".") or (
+            domain.endswith(".")) or "@" in local:
+            reasons.append("must be an address such as user@example.org to have a mailbox.")
+    return reasons
+
+
+class UserCreateSchema(Schema):
+    """Body of ``POST /users/LOGIN`` (the login itself comes from the path)."""
+
+    class Meta:
+        unknown = RAISE
+
+    login = fields.String(required=True, load_only=True)
+    passwd = fields.String(required=True, validate=_password_length)
+    authRelay = StrictBoolean(load_default=False)
+    haveMailbox = StrictBoolean(load_default=False)
+    mailboxQuota = fields.String(load_default=None, validate=_quota)
+    isCatchall = StrictBoolean(load_default=False)
+
+    @validates_schema(skip_on_field_errors=False)
+    def check(self, data: dict[str, Any], **kwargs: Any) -> None:
+        errors: dict[str, list[str]] = {}
+        reasons = check_login(data.get("login", ""), data.get("haveMailbox", False))
+        if reasons:
+            errors["login"] = reasons
+        if data.get("isCatchall") and not data.get("haveMailbox"):
+            errors["isCatchall"] = ["a catchall needs a mailbox (haveMailbox: true)."]
+        if errors:
+            raise ValidationError(errors)
+
+
+class UserPasswordSchema(Schema):
+    """Body of ``PUT /users/LOGIN``."""
+
+    class Meta:
+        unknown = RAISE
+
+    passwd = fields.String(required=True, validate=_password_length)
+
+
+class UserSchema(Schema):
+    """A user as tmail shows it (the seed's keys and types), plus ``IsCatchall``."""
+
+    Id = fields.Integer(attribute="id")
+    Login = fields.String(attribute="login")
+    Passwd = fields.String(attribute="passwd")
+    DovePasswd = fields.String(attribute="dove_passwd")
+    Active = fields.String(attribute="active")
+    AuthRelay = fields.Boolean(attribute="auth_relay")
+    HaveMailbox = fields.Boolean(attribute="have_mailbox")
+    MailboxQuota = fields.String(attribute="mailbox_quota")
+    Home = fields.String(attribute="home")
+    IsCatchall = fields.Boolean(attribute="is_catchall")
+
+
+class QueueFilterSchema(Schema):
+    """Query string filters shared by ``GET /queue`` and the bulk operations."""
+
+    class Meta:
+        unknown = RAISE
+
+    status = fields.Integer(validate=validate.OneOf([int(s) for s in Status]))
+    host = fields.String(validate=validate.Length(min=1))
+    rcpt = fields.String(validate=validate.Length(min=1))
+    mail_from = fields.String(data_key="from")
+    older_than = fields.Float(validate=validate.Range(min=0))
+
+
+class QueueListSchema(QueueFilterSchema):
+    limit = fields.Integer(validate=validate.Range(min=1))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    after = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class BulkSchema(QueueFilterSchema):
+    all = fields.Boolean(load_default=False)
+
+
+class QueueRecordSchema(Schema):
+    """A queue record: tmail's twelve keys, then tmail-py's extensions."""
+
+    Id = fields.Integer()
+    Uuid = fields.String()
+    Key = fields.String()
+    MailFrom = fields.String()
+    AuthUser = fields.String()
+    RcptTo = fields.String()
+    MessageId = fields.String()
+    Host = fields.String()
+    AddedAt = fields.String()
+    NextDeliveryScheduledAt = fields.String()
+    Status = fields.Integer()
+    DeliveryFailedCount = fields.Integer()
+    Size = fields.Integer()
+    ClientAddr = fields.String()
+    LastError = fields.String()
+    LastAttemptAt = fields.String()
+    DelayWarned = fields.Boolean()
+
+
+class BulkResultSchema(Schema):
+    matched = fields.Integer()
+    done = fields.Integer()
+    skipped = fields.Integer()
+
+
+class ErrorSchema(Schema):
+    msg = fields.String()
+    raw = fields.String()

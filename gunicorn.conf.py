@@ -1,0 +1,28 @@
+"""gunicorn settings for the admin API, derived from tmail's configuration.
+
+Checked before any worker starts: a bad setting, or the default admin password on a
+non-loopback address, stops gunicorn with the reason.
+"""
+
+import sys
+
+from tmail import config as tmail_config
+from tmail.tls import ensure_certificate
+
+try:
+    _config = tmail_config.load()
+    tmail_config.check_api_exposure(_config)
+except tmail_config.ConfigError as exc:
+    sys.exit(f"tmail: {exc}")
+
+certfile, keyfile = (str(path) for path in ensure_certificate(_config))
+bind = [str(_config.api_bind)]
+workers = 2
+worker_class = "gthread"
+threads = 4
+accesslog = "-"
+errorlog = "-"
+timeout = 60
+# gunicorn's control socket defaults to one path per user (~/.gunicorn): two instances (tests,
+# a second deployment) would fight over it, and tmail does not use it.
+control_socket_disable = True

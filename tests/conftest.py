@@ -1,0 +1,107 @@
+"""Shared fixtures: a real gunicorn over real HTTPS on loopback, with a temp data dir."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tmail import config as tmail_config
+from tmail.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tmail_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a tmail process working in ``data_dir`` (nothing in the repo)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TMAIL_")}
+    env.update(
+        TMAIL_DATA_DIR=str(data_dir / "var"),
+        TMAIL_MAILBOXES_DIR=str(data_dir / "mailboxes"),
+        TMAIL_HOSTNAME="mx.test.local",
+        PYTHONPATH=str(REPO),
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ApiServer:
+    base_url: str
+    env: dict[str, str]
+    config: Config
+    cert: Path
+    session: requests.Session
+    process: subprocess.Popen[bytes]
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def start_api(data_dir: Path, **extra: str) -> ApiServer:
+    port = free_port()
+    env = tmail_env(data_dir, TMAIL_API_BIND=f"127.0.0.1:{port}", **extra)
+    with open(data_dir / "gunicorn.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    config = tmail_config.load(env)
+    session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE would override ``verify``; no proxies
+    session.auth = ("admin", "admin")
+    session.verify = str(config.tls_cert_path)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            pytest.fail("gunicorn exited:\n" + (data_dir / "gunicorn.log").read_text())
+        try:
+            return session.get(f"https://127.0.0.1:{port}/ping", timeout=2).ok
+        except (requests.ConnectionError, OSError):
+            return False
+
+    if not wait_until(ready):
+        stop(process)
+        pytest.fail("gunicorn did not answer:\n" + (data_dir / "gunicorn.log").read_text())
+    return ApiServer(f"https://127.0.0.1:{port}", env, config, config.tls_cert_path, session,
+                     process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """One real gunicorn (2 workers, TLS) for the whole session."""
+    server = start_api(tmp_path_factory.mktemp("api"))
+    yield server
+    stop(server.process)

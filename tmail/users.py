@@ -1,0 +1,242 @@
+"""Users: the SQLite store, password hashing, and the look-ups the receiver and runner need.
+
+One SQLite file in the data dir (WAL mode, so readers never block the writer) is shared by
+the API's gunicorn workers, the SMTP receiver, the runner and, read-only, Dovecot. Passwords
+are hashed twice on purpose: ``Passwd`` (bcrypt, checked by tmail) and ``DovePasswd``
+(SHA512-crypt, the scheme Dovecot's ``SHA512-CRYPT`` reads without any plugin).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from passlib.context import CryptContext
+from passlib.hash import sha512_crypt
+
+# bcrypt as tmail writes it: "$2a$10$..."; one context so that schemes can be upgraded later.
+_PASSWORDS = CryptContext(schemes=["bcrypt"], bcrypt__ident="2a", bcrypt__rounds=10)
+# Dovecot's SHA512-CRYPT with the implicit 5000 rounds: "$6$<16-char salt>$...".
+_DOVECOT = sha512_crypt.using(rounds=5000, salt_size=16)
+_DUMMY_HASH = _PASSWORDS.hash("not a password of anyone")
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        login TEXT NOT NULL UNIQUE,
+        passwd TEXT NOT NULL,
+        dove_passwd TEXT NOT NULL,
+        active TEXT NOT NULL DEFAULT 'Y',
+        auth_relay INTEGER NOT NULL DEFAULT 0,
+        have_mailbox INTEGER NOT NULL DEFAULT 0,
+        mailbox_quota TEXT NOT NULL DEFAULT '',
+        home TEXT NOT NULL DEFAULT '',
+        is_catchall INTEGER NOT NULL DEFAULT 0,
+        domain TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX users_domain ON users (domain);
+    CREATE UNIQUE INDEX users_one_catchall ON users (domain) WHERE is_catchall = 1;
+    """,
+]
+
+
+class UserError(Exception):
+    """A user operation the store refuses; ``raw`` is the underlying reason."""
+
+    msg = "user error"
+
+    def __init__(self, raw: str) -> None:
+        super().__init__(raw)
+        self.raw = raw
+
+
+class UserExists(UserError):
+    msg = "unable to create new user"
+
+
+class CatchallExists(UserError):
+    msg = "unable to create new user"
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    login: str
+    passwd: str
+    dove_passwd: str
+    active: str
+    auth_relay: bool
+    have_mailbox: bool
+    mailbox_quota: str
+    home: str
+    is_catchall: bool
+
+    @property
+    def maildir(self) -> Path:
+        return Path(self.home) / "Maildir"
+
+    @property
+    def domain(self) -> str:
+        return domain_of(self.login)
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower() if "@" in address else ""
+
+
+def home_for(mailboxes_dir: Path, login: str) -> Path:
+    """``<mailboxes>/t/tmail.io/t/test`` for ``test@tmail.io``, as tmail lays it out."""
+    local, _, domain = login.rpartition("@")
+    domain = domain.lower()
+    return mailboxes_dir / domain[0] / domain / local[0] / local
+
+
+class UserStore:
+    """Users in SQLite, safe for several threads and processes (one connection per thread)."""
+
+    def __init__(self, db_path: Path, mailboxes_dir: Path, default_quota: str = "") -> None:
+        self.db_path = db_path
+        self.mailboxes_dir = mailboxes_dir
+        self.default_quota = default_quota
+        self._local = threading.local()
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, timeout=10, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        """Apply the forward migrations this database has not seen (``user_version``)."""
+        with self._transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+
+    # --- administration (the API and the CLI) --------------------------------------------
+
+    def create(
+        self,
+        login: str,
+        password: str,
+        *,
+        auth_relay: bool = False,
+        have_mailbox: bool = False,
+        mailbox_quota: str | None = None,
+        is_catchall: bool = False,
+    ) -> User:
+        home = str(home_for(self.mailboxes_dir, login)) if have_mailbox else ""
+        quota = (mailbox_quota if mailbox_quota is not None else self.default_quota) if (
+            have_mailbox) else ""
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO users (login, passwd, dove_passwd, auth_relay, have_mailbox,"
+                    " mailbox_quota, home, is_catchall, domain) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (login, _PASSWORDS.hash(password), _DOVECOT.hash(password), auth_relay,
+                     have_mailbox, quota, home, is_catchall, domain_of(login)),
+                )
+        except sqlite3.IntegrityError as exc:
+            if "users.domain" in str(exc):
+                raise CatchallExists(f"domain {domain_of(login)} already has a catchall") from None
+            raise UserExists(str(exc)) from None
+        user = self.get(login)
+        assert user is not None
+        return user
+
+    def get(self, login: str) -> User | None:
+        row = self._connection().execute("SELECT * FROM users WHERE login = ?", (login,)).fetchone()
+        return _user(row) if row else None
+
+    def list(self) -> list[User]:
+        rows = self._connection().execute("SELECT * FROM users ORDER BY id").fetchall()
+        return [_user(row) for row in rows]
+
+    def set_password(self, login: str, password: str) -> bool:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE users SET passwd = ?, dove_passwd = ? WHERE login = ?",
+                (_PASSWORDS.hash(password), _DOVECOT.hash(password), login),
+            )
+        return cursor.rowcount == 1
+
+    def delete(self, login: str) -> bool:
+        """Remove the user; its Maildir stays on disk (an API call never destroys mail)."""
+        with self._transaction() as conn:
+            cursor = conn.execute("DELETE FROM users WHERE login = ?", (login,))
+        return cursor.rowcount == 1
+
+    # --- look-ups for the SMTP receiver and the runner -----------------------------------
+
+    def authenticate(self, login: str, password: str) -> User | None:
+        """The active user with this password, or ``None``; costs one bcrypt either way."""
+        user = self.get(login)
+        if user is None or user.active != "Y":
+            _PASSWORDS.verify(password, _DUMMY_HASH)  # same time whether the user exists or not
+            return None
+        return user if _PASSWORDS.verify(password, user.passwd) else None
+
+    def local_domains(self) -> set[str]:
+        rows = self._connection().execute(
+            "SELECT DISTINCT domain FROM users WHERE have_mailbox = 1 AND domain != ''"
+        )
+        return {row[0] for row in rows}
+
+    def find_mailbox(self, address: str) -> User | None:
+        """The user with a mailbox for ``address``, else its domain's catchall, else ``None``."""
+        local, _, domain = address.rpartition("@")
+        if not local:
+            return None
+        conn = self._connection()
+        row = conn.execute(
+            "SELECT * FROM users WHERE login = ? COLLATE NOCASE AND have_mailbox = 1"
+            " AND active = 'Y'",
+            (f"{local}@{domain}",),
+        ).fetchone()
+        if row is None:
+            row = conn.execute(
+                "SELECT * FROM users WHERE domain = ? AND is_catchall = 1 AND have_mailbox = 1"
+                " AND active = 'Y'",
+                (domain.lower(),),
+            ).fetchone()
+        return _user(row) if row else None
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(
+        id=row["id"],
+        login=row["login"],
+        passwd=row["passwd"],
+        dove_passwd=row["dove_passwd"],
+        active=row["active"],
+        auth_relay=bool(row["auth_relay"]),
+        have_mailbox=bool(row["have_mailbox"]),
+        mailbox_quota=row["mailbox_quota"],
+        home=row["home"],
+        is_catchall=bool(row["is_catchall"]),
+    )
