@@ -1,0 +1,32 @@
+"""The ops command line: one module per subcommand, each with ``register(subparsers)``.
+
+Library code raises; only :func:`main` turns errors into a message and an exit code, so that
+every command is testable by calling ``main([...])``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tmail.cli import queue, users
+from tmail.config import ConfigError
+
+COMMANDS = (users, queue)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tmail", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(subparsers)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"tmail: configuration: {exc}", file=sys.stderr)
+        return 78  # EX_CONFIG
+    except (OSError, ValueError) as exc:
+        print(f"tmail: {exc}", file=sys.stderr)
+        return 1
