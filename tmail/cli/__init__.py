@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tmail.cli import queue, users
+from tmail.cli import queue, sendmail, users
 from tmail.config import ConfigError
 
-COMMANDS = (users, queue)
+COMMANDS = (users, queue, sendmail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""The SMTP receiver: the way mail comes in. ``python -m smtp_receiver``."""

@@ -1,0 +1,39 @@
+"""``python -m tmail sendmail [-f sender] [-t] [rcpt ...] < message``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tmail import config as tmail_config
+from tmail.queue import QueueStore, QueueWriteError
+from tmail.sendmail import SendmailError, submit
+
+EX_USAGE = 64
+EX_TEMPFAIL = 75
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("sendmail", help="queue a message from stdin (local programs)")
+    parser.add_argument("-f", dest="sender", help="envelope sender ('' for the null sender)")
+    parser.add_argument("-t", dest="from_headers", action="store_true",
+                        help="take recipients from To, Cc and Bcc (Bcc is removed)")
+    parser.add_argument("-i", "-oi", dest="ignore_dots", action="store_true",
+                        help="accepted for compatibility: a lone dot never ends the message")
+    parser.add_argument("recipients", nargs="*")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = tmail_config.load()
+    raw = sys.stdin.buffer.read()
+    try:
+        submit(QueueStore(config.queue_dir), raw, recipients=args.recipients,
+               sender=args.sender, from_headers=args.from_headers, hostname=config.hostname)
+    except SendmailError as exc:
+        print(f"sendmail: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except QueueWriteError as exc:
+        print(f"sendmail: cannot queue the message: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    return 0
