@@ -1,0 +1,334 @@
+"""The queue runner: local and remote delivery, retries, bounces, marks, drivers, crashes."""
+
+from __future__ import annotations
+
+import email
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from email import policy
+from pathlib import Path
+
+import pytest
+
+from queue_runner.delivery import Runner, backoff
+from queue_runner.routing import NoRecords, NoSuchDomain, RoutingError, destination
+from queue_runner.transports import SmtpTransport
+from tests.conftest import REPO, stop, tmail_env, wait_until
+from tests.sink import Script, Sink
+from tmail import config as tmail_config
+from tmail.config import Config
+from tmail.queue import QueueStore, Status
+from tmail.queue.ops import QueueOps
+from tmail.queue.record import now
+from tmail.users import UserStore
+
+LOCAL = "local.test"
+
+
+def message(n: int | str = 1, size: int = 0) -> bytes:
+    return (f"From: s@sender.test\r\nMessage-ID: <m{n}@sender.test>\r\nSubject: {n}\r\n\r\n"
+            .encode() + b"x" * size + b"body\r\n")
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink() as server:
+        yield server
+
+
+@pytest.fixture
+def env(tmp_path: Path, sink: Sink) -> dict[str, str]:
+    return tmail_env(tmp_path, TMAIL_ROUTES=sink.route, TMAIL_RETRY_MIN_BACKOFF="1",
+                     TMAIL_RETRY_MAX_BACKOFF="4", TMAIL_RUNNER_TIMEOUT="5",
+                     TMAIL_RUNNER_SWEEP_INTERVAL="30", TMAIL_LOCAL_DOMAINS=LOCAL)
+
+
+@pytest.fixture
+def config(env: dict[str, str]) -> Config:
+    return tmail_config.load(env)
+
+
+@pytest.fixture
+def store(config: Config) -> QueueStore:
+    return QueueStore(config.queue_dir)
+
+
+@pytest.fixture
+def users(config: Config) -> UserStore:
+    return UserStore(config.users_db, config.mailboxes_dir)
+
+
+@pytest.fixture
+def runner(config: Config) -> Iterator[Runner]:
+    built = Runner.build(config)
+    yield built
+    built.shutdown()
+
+
+def dsns(store: QueueStore) -> list[email.message.EmailMessage]:
+    found = []
+    for record in store.iter_records(None):
+        if record.mail_from == "":
+            found.append(email.message_from_bytes(store.read_raw(record.id),
+                                                  policy=policy.default))
+    return found
+
+
+def report(dsn: email.message.EmailMessage) -> list:  # type: ignore[type-arg]
+    part = next(p for p in dsn.walk() if p.get_content_type() == "message/delivery-status")
+    return part.get_payload()
+
+
+def test_local_delivery_into_the_maildir(runner: Runner, store: QueueStore,
+                                         users: UserStore) -> None:
+    user = users.create(f"bob@{LOCAL}", "password1", have_mailbox=True)
+    store.enqueue(message(), "s@sender.test", [f"bob@{LOCAL}"])
+    assert runner.run_once() == 1
+    [delivered] = list((user.maildir / "new").iterdir())
+    content = delivered.read_bytes()
+    assert content.startswith(f"Return-Path: <s@sender.test>\nDelivered-To: bob@{LOCAL}\n"
+                              .encode())
+    assert content.endswith(b"Subject: 1\n\nbody\n") and b"\r\n" not in content
+    assert list(store.iter_ids()) == []
+
+
+def test_over_quota_is_a_temporary_failure_until_the_quota_grows(
+    runner: Runner, store: QueueStore, users: UserStore
+) -> None:
+    user = users.create(f"full@{LOCAL}", "password1", have_mailbox=True, mailbox_quota="1K")
+    [record] = store.enqueue(message(size=2000), "s@sender.test", [f"full@{LOCAL}"])
+    runner.run_once()
+    deferred = store.get(record.id)
+    assert deferred.status == Status.SCHEDULED and deferred.delivery_failed_count == 1
+    assert deferred.last_error.startswith("452 4.2.2")
+    with users._transaction() as conn:
+        conn.execute("UPDATE users SET mailbox_quota = '1M' WHERE login = ?", (user.login,))
+    with store.locked(record.id) as locked:
+        locked.write(locked.record.evolve(next_delivery_at=now()))
+    runner.run_once()
+    assert store.get(record.id) is None and len(list((user.maildir / "new").iterdir())) == 1
+
+
+def test_deleted_local_user_bounces_with_5_1_1(runner: Runner, store: QueueStore,
+                                                 users: UserStore) -> None:
+    users.create(f"gone@{LOCAL}", "password1", have_mailbox=True)
+    store.enqueue(message(), "s@sender.test", [f"gone@{LOCAL}"])
+    users.delete(f"gone@{LOCAL}")
+    runner.run_once()
+    [dsn] = dsns(store)
+    assert dsn["To"] == "s@sender.test" and dsn.get_param("report-type") == "delivery-status"
+    recipient = report(dsn)[1]
+    assert (recipient["Action"], recipient["Status"]) == ("failed", "5.1.1")
+
+
+def test_one_transaction_per_message_and_domain_with_mixed_outcomes(
+    runner: Runner, store: QueueStore, sink: Sink
+) -> None:
+    sink.handler.script = Script(rcpt={"no@remote.test": "550 5.1.1 no such user",
+                                       "later@remote.test": "451 4.3.0 try later"})
+    records = store.enqueue(message(), "s@sender.test",
+                            ["ok@remote.test", "no@remote.test", "later@remote.test",
+                             "ok2@remote.test"])
+    runner.run_once()
+    [received] = sink.messages
+    assert received.rcpt_tos == ["ok@remote.test", "ok2@remote.test"]
+    assert received.content.endswith(b"Subject: 1\r\n\r\nbody\r\n")
+    assert store.get(records[0].id) is None and store.get(records[3].id) is None
+    later = store.get(records[2].id)
+    assert later.delivery_failed_count == 1 and later.last_error == "451 4.3.0 try later"
+    [dsn] = dsns(store)
+    recipient = report(dsn)[1]
+    assert recipient["Final-Recipient"] == "rfc822; no@remote.test"
+    assert recipient["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"
+    assert recipient["Remote-MTA"] == "dns; 127.0.0.1"
+
+
+def test_retries_follow_the_doubling_backoff(runner: Runner, store: QueueStore, sink: Sink,
+                                            config: Config) -> None:
+    assert [backoff(config, n) for n in (1, 2, 3, 4)] == [1, 2, 4, 4]
+    sink.handler.script = Script(data="451 4.3.0 busy")
+    [record] = store.enqueue(message(), "s@sender.test", ["r@remote.test"])
+    attempts = []
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and len(attempts) < 3:
+        if runner.run_once():
+            attempts.append(time.monotonic())
+        time.sleep(0.05)
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert len(attempts) == 3 and 0.9 < gaps[0] < 1.6 and 1.9 < gaps[1] < 2.6
+    assert store.get(record.id).delivery_failed_count == 3
+
+
+def test_expired_record_bounces_as_4_4_7(runner: Runner, store: QueueStore,
+                                         config: Config) -> None:
+    [record] = store.enqueue(message(), "s@sender.test", ["r@remote.test"])
+    with store.locked(record.id) as locked:
+        old = now() - timedelta(seconds=config.max_queue_lifetime + 10)
+        locked.write(locked.record.evolve(added_at=old, last_error="451 4.3.0 busy"))
+    runner.run_once()
+    assert store.get(record.id) is None
+    recipient = report(dsns(store)[0])[1]
+    assert recipient["Status"] == "4.4.7" and "busy" in recipient["Diagnostic-Code"]
+
+
+def test_no_dsn_for_the_null_sender(runner: Runner, store: QueueStore, sink: Sink) -> None:
+    sink.handler.script = Script(data="554 5.7.1 rejected")
+    store.enqueue(message(), "", ["r@remote.test"])
+    runner.run_once()
+    assert list(store.iter_ids()) == []
+
+
+def test_one_delay_warning(tmp_path: Path, sink: Sink) -> None:
+    env = tmail_env(tmp_path, TMAIL_ROUTES=sink.route, TMAIL_RETRY_MIN_BACKOFF="0",
+                    TMAIL_RETRY_MAX_BACKOFF="0", TMAIL_DELAY_WARNING="1")
+    config = tmail_config.load(env)
+    runner, store = Runner.build(config), QueueStore(config.queue_dir)
+    sink.handler.script = Script(data="451 4.3.0 busy")
+    [record] = store.enqueue(message(), "s@sender.test", ["r@remote.test"])
+    with store.locked(record.id) as locked:
+        locked.write(locked.record.evolve(added_at=now() - timedelta(seconds=5)))
+    for _ in range(3):
+        runner.run_once()
+    runner.shutdown()
+    warnings = [d for d in dsns(store) if report(d)[1]["Action"] == "delayed"]
+    assert len(warnings) == 1 and store.get(record.id).delay_warned
+    assert "Will-Retry-Until" in report(warnings[0])[1]
+
+
+@pytest.mark.parametrize(("action", "delivered"), [("discard", False), ("bounce", False),
+                                                   ("hold", False), ("discard", True)])
+def test_admin_action_during_an_attempt_is_applied_after_it(
+    runner: Runner, store: QueueStore, sink: Sink, config: Config, action: str, delivered: bool
+) -> None:
+    sink.handler.script = Script(data="250 2.0.0 ok" if delivered else "451 4.3.0 busy",
+                                 delay=0.6)
+    [record] = store.enqueue(message(), "s@sender.test", ["r@remote.test"])
+    attempt = threading.Thread(target=runner.run_once)
+    attempt.start()
+    assert wait_until(lambda: store.get(record.id).status == Status.IN_DELIVERY, 5, 0.01)
+    getattr(QueueOps(store, config.hostname), action)(record.id)
+    attempt.join()
+    after = store.get(record.id)
+    if delivered or action != "hold":
+        assert after is None  # delivered wins over any mark; otherwise the mark is applied
+    else:
+        assert after.status == Status.HELD and after.delivery_failed_count == 1
+    bounced = [d for d in dsns(store) if report(d)[1]["Action"] == "failed"]
+    assert len(bounced) == (1 if action == "bounce" and not delivered else 0)
+    assert len(sink.messages) == (1 if delivered else 0)
+
+
+def test_held_records_are_neither_delivered_nor_expired(runner: Runner, store: QueueStore,
+                                                        sink: Sink, config: Config) -> None:
+    [record] = store.enqueue(message(), "s@sender.test", ["r@remote.test"])
+    QueueOps(store, config.hostname).hold(record.id)
+    with store.locked(record.id) as locked:
+        old = now() - timedelta(seconds=config.max_queue_lifetime + 10)
+        locked.write(locked.record.evolve(added_at=old))
+    assert runner.run_once() == 0
+    assert store.get(record.id).status == Status.HELD and sink.messages == []
+
+
+def test_destination_routes_mx_order_implicit_mx_and_null_mx(config: Config) -> None:
+    class Stub:
+        def __init__(self, answers: dict[str, object]) -> None:
+            self.answers = answers
+
+        def mx(self, domain: str) -> list[tuple[int, str]]:
+            answer = self.answers[domain]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer  # type: ignore[return-value]
+
+    no_routes = tmail_config.Config(data_dir=config.data_dir, mailboxes_dir=config.mailboxes_dir)
+    stub = Stub({"mx.test": [(20, "b.mx.test"), (10, "a.mx.test")],
+                 "plain.test": NoRecords("plain.test"), "nx.test": NoSuchDomain("nx.test"),
+                 "null.test": [(0, ".")]})
+    assert [h.host for h in destination("mx.test", no_routes, stub).hosts] == [
+        "a.mx.test", "b.mx.test"]
+    assert [str(h) for h in destination("plain.test", no_routes, stub).hosts] == [
+        "plain.test:25"]
+    for domain, status in (("nx.test", "5.1.2"), ("null.test", "5.1.10")):
+        with pytest.raises(RoutingError) as error:
+            destination(domain, no_routes, stub)
+        assert error.value.permanent and error.value.status == status
+    assert destination("anything.test", config, stub).routed  # TMAIL_ROUTES comes first
+
+
+def test_refused_connection_is_deferred(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    env = tmail_env(tmp_path, TMAIL_ROUTES=f"*=127.0.0.1:{free_port()}")
+    config = tmail_config.load(env)
+    store = QueueStore(config.queue_dir)
+    [record] = store.enqueue(message(), "s@sender.test", ["r@remote.test"])
+    runner = Runner(config, store, UserStore(config.users_db, config.mailboxes_dir),
+                    SmtpTransport(config, resolver=None))  # type: ignore[arg-type]
+    runner.run_once()
+    runner.shutdown()
+    assert "connection refused" in store.get(record.id).last_error
+
+
+def start_runner(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "queue_runner", *args], cwd=REPO,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_daemon_picks_up_new_mail_quickly_and_mail_queued_while_down(
+    env: dict[str, str], store: QueueStore, sink: Sink, tmp_path: Path
+) -> None:
+    store.enqueue(message("early"), "s@sender.test", ["early@remote.test"])
+    daemon = start_runner(env, tmp_path / "runner.log")
+    try:
+        log = tmp_path / "runner.log"
+        assert wait_until(lambda: len(sink.messages) == 1, 10), log.read_text()
+        latencies = []
+        for n in range(10):
+            started = time.monotonic()
+            store.enqueue(message(n), "s@sender.test", [f"r{n}@remote.test"])
+            assert wait_until(lambda n=n: len(sink.messages) == n + 2, 5, 0.002)
+            latencies.append(sink.messages[-1].at - started)
+        latencies.sort()
+        assert latencies[len(latencies) // 2] < 0.5, latencies
+    finally:
+        stop(daemon)
+    assert daemon.returncode == 0
+
+
+def test_two_runners_never_deliver_a_message_twice(
+    env: dict[str, str], store: QueueStore, sink: Sink, tmp_path: Path
+) -> None:
+    for n in range(500):
+        store.enqueue(message(n), "s@sender.test", [f"r{n}@remote.test"])
+    runners = [start_runner(env, tmp_path / f"runner{i}.log", "--once") for i in range(2)]
+    assert [r.wait(timeout=120) for r in runners] == [0, 0]
+    counts = Counter(m.content.split(b"Message-ID: <")[1].split(b">")[0] for m in sink.messages)
+    assert len(counts) == 500 and set(counts.values()) == {1}
+    assert list(store.iter_ids()) == []
+
+
+def test_runner_killed_mid_delivery_loses_nothing(
+    env: dict[str, str], store: QueueStore, sink: Sink, tmp_path: Path
+) -> None:
+    sink.handler.script = Script(delay=0.01)
+    for n in range(200):
+        store.enqueue(message(n), "s@sender.test", [f"r{n}@remote.test"])
+    first = start_runner(env, tmp_path / "runner.log", "--once")
+    assert wait_until(lambda: len(sink.messages) >= 20, 30)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert 0 < len(sink.messages) < 200
+    second = start_runner(env, tmp_path / "runner.log", "--once")
+    assert second.wait(timeout=120) == 0
+    delivered = {m.content.split(b"Message-ID: <")[1].split(b">")[0] for m in sink.messages}
+    assert len(delivered) == 200
+    assert list(store.iter_ids()) == []
