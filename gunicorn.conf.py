@@ -7,7 +7,9 @@ non-loopback address, stops gunicorn with the reason.
 import sys
 
 from tmail import config as tmail_config
+from tmail.queue import QueueStore
 from tmail.tls import ensure_certificate
+from tmail.users import UserStore
 
 try:
     _config = tmail_config.load()
@@ -16,6 +18,9 @@ except tmail_config.ConfigError as exc:
     sys.exit(f"tmail: {exc}")
 
 certfile, keyfile = (str(path) for path in ensure_certificate(_config))
+# Create the users database and the queue tree once, before the workers fork.
+UserStore(_config.users_db, _config.mailboxes_dir, _config.default_quota)
+QueueStore(_config.queue_dir)
 bind = [str(_config.api_bind)]
 workers = 2
 worker_class = "gthread"
