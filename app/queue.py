@@ -12,10 +12,11 @@ from flask import Blueprint, Response, jsonify, request
 from app.auth import auth
 from app.errors import ApiError
 from app.parsing import load_query, record_filter
-from app.schemas import BulkSchema, QueueListSchema
+from app.schemas import BulkSchema, QueueListSchema, SummarySchema
 from app.services import services
 from tmail.message import split_headers
 from tmail.queue.ops import BULK_ACTIONS, Outcome
+from tmail.queue.summary import summarize
 
 bp = Blueprint("queue", __name__)
 JSON_MIMETYPE = "application/json; charset=UTF-8"
@@ -37,6 +38,14 @@ def list_queue() -> Response:
         yield "]"
 
     return Response(generate(), mimetype=JSON_MIMETYPE)
+
+
+@bp.get("/queue/summary")
+@auth.login_required
+def summary() -> Response:
+    """Counts by destination domain x age bucket (qshape), totals by status, oldest age."""
+    params = load_query(SummarySchema())
+    return jsonify(summarize(services().queue).to_json(params.get("top")))
 
 
 def _record_or_404(record_id: int) -> Response:

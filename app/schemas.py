@@ -120,6 +120,13 @@ class QueueListSchema(QueueFilterSchema):
     after = fields.Integer(load_default=0, validate=validate.Range(min=0))
 
 
+class SummarySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    top = fields.Integer(validate=validate.Range(min=1))
+
+
 class BulkSchema(QueueFilterSchema):
     all = fields.Boolean(load_default=False)
 

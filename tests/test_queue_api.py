@@ -169,3 +169,40 @@ def test_corrupt_record_is_quarantined_while_the_rest_is_listed(
     ids = [r["Id"] for r in response.json()]
     assert records[1].id in ids and records[0].id not in ids
     assert str(records[0].id) in run_cli(api, "queue", "quarantine").stdout
+
+
+def test_summary_counts_by_domain_and_age_bucket(api: ApiServer, store: QueueStore) -> None:
+    from datetime import timedelta
+
+    from tmail.queue.record import now
+
+    ages_minutes = {"a.summary": [1, 7, 7], "b.summary": [30, 2000]}
+    for host, ages in ages_minutes.items():
+        for age in ages:
+            [record] = store.enqueue(RAW, "alice@example.org", [f"u@{host}"])
+            with store.locked(record.id) as locked:
+                locked.write(locked.record.evolve(added_at=now() - timedelta(minutes=age)))
+    summary = api.session.get(api.url("/queue/summary")).json()
+    assert summary["buckets"][0] == "0-5" and summary["buckets"][-1] == "1280+"
+    domains = {d["host"]: d for d in summary["domains"]}
+    assert domains["a.summary"]["buckets"][:2] == [1, 2] and domains["a.summary"]["count"] == 3
+    assert domains["b.summary"]["buckets"][3] == 1 and domains["b.summary"]["buckets"][9] == 1
+    assert summary["oldest_age_seconds"] >= 2000 * 60
+    hosts = [d["host"] for d in summary["domains"]]
+    assert hosts.index("a.summary") < hosts.index("b.summary")  # biggest first
+    assert sum(summary["status"].values()) == summary["total"]["count"]
+    table = run_cli(api, "queue", "summary").stdout
+    assert "a.summary" in table and "1280+" in table and "TOTAL" in table
+    api.session.delete(api.url("/queue/discard?from=alice@example.org"))
+
+
+def test_bulk_over_a_thousand_records(api: ApiServer, store: QueueStore) -> None:
+    from tmail.queue import Envelope
+
+    host = "thousand.example"
+    store.enqueue_many([Envelope(RAW, "bulk@example.org", [f"u{m}-{n}@{host}" for n in range(100)])
+                        for m in range(11)])
+    held = api.session.post(api.url(f"/queue/hold?host={host}")).json()
+    assert held == {"matched": 1100, "done": 1100, "skipped": 0}
+    gone = api.session.delete(api.url(f"/queue/discard?host={host}")).json()
+    assert gone["done"] == 1100 and api.session.get(api.url(f"/queue?host={host}")).json() == []

@@ -332,3 +332,33 @@ def test_runner_killed_mid_delivery_loses_nothing(
     delivered = {m.content.split(b"Message-ID: <")[1].split(b">")[0] for m in sink.messages}
     assert len(delivered) == 200
     assert list(store.iter_ids()) == []
+
+
+def test_release_and_retry_reach_the_sink_within_a_second(
+    tmp_path: Path, sink: Sink
+) -> None:
+    env = tmail_env(tmp_path, TMAIL_ROUTES=sink.route, TMAIL_RETRY_MIN_BACKOFF="300",
+                    TMAIL_RETRY_MAX_BACKOFF="600")
+    config = tmail_config.load(env)
+    store = QueueStore(config.queue_dir)
+    ops = QueueOps(store, config.hostname)
+    [held] = store.enqueue(message("held"), "s@sender.test", ["held@remote.test"])
+    ops.hold(held.id)
+    sink.handler.script = Script(data="451 4.3.0 not now")
+    [retried] = store.enqueue(message("retried"), "s@sender.test", ["retried@remote.test"])
+    daemon = start_runner(env, tmp_path / "runner.log")
+    try:
+        assert wait_until(lambda: store.get(retried.id).delivery_failed_count == 1, 10)
+        sink.handler.script = Script()
+        time.sleep(0.3)
+        assert sink.messages == [] and store.get(held.id).status == Status.HELD
+
+        for record, operation in ((held, ops.release), (retried, ops.retry)):
+            count = len(sink.messages)
+            started = time.monotonic()
+            operation(record.id)
+            assert wait_until(lambda count=count: len(sink.messages) > count, 5, 0.005)
+            assert time.monotonic() - started < 1.0
+            assert store.get(record.id) is None
+    finally:
+        stop(daemon)

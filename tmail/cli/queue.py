@@ -12,6 +12,7 @@ import sys
 from tmail import config as tmail_config
 from tmail.queue import QueueStore, RecordFilter, Status
 from tmail.queue.ops import BULK_ACTIONS, Outcome, QueueOps
+from tmail.queue.summary import format_table, summarize
 
 
 def _ops() -> QueueOps:
@@ -62,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         command.add_argument("--all", action="store_true", help="with no filter: every record")
         _add_filters(command)
         command.set_defaults(handler=change_records, action=action)
+
+    summary = commands.add_parser("summary", help="counts by domain and age (qshape)")
+    summary.add_argument("--json", action="store_true")
+    summary.add_argument("--top", type=int, default=None, help="only the N biggest domains")
+    summary.set_defaults(handler=show_summary)
 
     quarantine = commands.add_parser("quarantine", help="records moved aside, and why")
     quarantine.add_argument("--json", action="store_true")
@@ -125,6 +131,18 @@ def change_records(args: argparse.Namespace) -> int:
         return 2
     result = ops.bulk(args.action, selection)
     print(f"matched {result.matched}, done {result.done}, skipped {result.skipped}")
+    return 0
+
+
+def show_summary(args: argparse.Namespace) -> int:
+    result = summarize(_ops().store)
+    if args.json:
+        print(json.dumps(result.to_json(args.top)))
+    else:
+        print(format_table(result, args.top))
+        statuses = ", ".join(f"{Status(s).name.lower()} {n}" for s, n in
+                             sorted(result.by_status.items()))
+        print(f"by status: {statuses or 'none'}; oldest: {result.oldest_age / 60:.1f} min")
     return 0
 
 
