@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from queue_runner.daemon import Daemon
 from queue_runner.delivery import Runner
-from tmail import config as tmail_config
+from tmail.process import start
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,12 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true",
                         help="deliver what is due now, then exit (for cron)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        config = tmail_config.load()
-    except tmail_config.ConfigError as exc:
-        print(f"queue_runner: configuration: {exc}", file=sys.stderr)
+    config = start("queue_runner")
+    if config is None:
         return 2
     try:
         runner = Runner.build(config)

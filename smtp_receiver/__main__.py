@@ -12,6 +12,7 @@ from smtp_receiver.committer import GroupCommitter
 from smtp_receiver.handler import ReceiverHandler
 from smtp_receiver.server import serve, tls_context
 from tmail import config as tmail_config
+from tmail.process import start
 from tmail.queue import QueueStore
 from tmail.tls import ensure_certificate
 from tmail.users import UserStore
@@ -39,12 +40,8 @@ async def run(config: tmail_config.Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        config = tmail_config.load()
-    except tmail_config.ConfigError as exc:
-        print(f"smtp_receiver: configuration: {exc}", file=sys.stderr)
+    config = start("smtp_receiver")
+    if config is None:
         return 2
     asyncio.run(run(config))
     return 0

@@ -359,6 +359,6 @@ def test_release_and_retry_reach_the_sink_within_a_second(
             operation(record.id)
             assert wait_until(lambda count=count: len(sink.messages) > count, 5, 0.005)
             assert time.monotonic() - started < 1.0
-            assert store.get(record.id) is None
+            assert wait_until(lambda record=record: store.get(record.id) is None, 5)
     finally:
         stop(daemon)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from tmail.queue.record import Record, Status
+from tmail.queue.record import Record, Status, parse_time
 
 
 @dataclass(frozen=True)
@@ -38,3 +39,18 @@ class RecordFilter:
         if self.mail_from is not None and record.mail_from.lower() != self.mail_from.lower():
             return False
         return self.older_than is None or record.age_seconds(at) >= self.older_than
+
+    def matches_json(self, data: dict[str, Any], at: datetime) -> bool:
+        """The same test on a record's parsed JSON (the fast path of big listings)."""
+        if self.status is not None and data["Status"] != self.status:
+            return False
+        if self.host is not None and data["Host"] != self.host.lower():
+            return False
+        if self.rcpt is not None and data["RcptTo"].lower() != self.rcpt.lower():
+            return False
+        if self.mail_from is not None and data["MailFrom"].lower() != self.mail_from.lower():
+            return False
+        if self.older_than is None:
+            return True
+        added = parse_time(data["AddedAt"])
+        return added is not None and (at - added).total_seconds() >= self.older_than

@@ -177,7 +177,7 @@ class QueueOps:
         if action not in BULK_ACTIONS:
             raise ValueError(f"unknown bulk action {action!r}")
         operation: Callable[[int], Outcome] = getattr(self, action)
-        ids = [record.id for record in self.store.iter_records(record_filter)]
+        ids = [data["Id"] for data, _ in self.store.iter_raw_records(record_filter)]
         done = sum(operation(record_id) in (Outcome.DONE, Outcome.MARKED) for record_id in ids)
         log.info("bulk %s: %d matched, %d done", action, len(ids), done)
         return BulkResult(matched=len(ids), done=done, skipped=len(ids) - done)

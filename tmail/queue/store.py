@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -28,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from tmail import fsutil
 from tmail.faults import fault_point
@@ -325,6 +327,36 @@ class QueueStore:
                         if match and int(match.group(1)) > after:
                             ids.append(int(match.group(1)))
                 yield from sorted(ids)
+
+    def iter_raw_records(
+        self, record_filter: RecordFilter | None = None, *, after: int = 0
+    ) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """The fast path for listings and counts: (parsed JSON, file bytes) in ``Id`` order.
+
+        Records are checked (a file that is not a record is quarantined) but not turned into
+        :class:`Record` objects, and the API streams the file bytes as they are: at 100,000
+        records that is the difference between a listing in seconds and one in tens of them.
+        """
+        moment = now()
+        records_root = str(self.layout.records)
+        for record_id in self.iter_ids(after):
+            path = (f"{records_root}/{record_id // 1_000_000:03d}/"
+                    f"{record_id // 1000 % 1000:03d}/{record_id}.json")
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except FileNotFoundError:
+                continue  # removed while we walked
+            try:
+                parsed = json.loads(data)
+                if not isinstance(parsed, dict) or parsed.get("Id") != record_id:
+                    raise RecordError("not a queue record")
+                if record_filter is not None and not record_filter.matches_json(parsed, moment):
+                    continue
+            except (ValueError, TypeError, KeyError) as exc:
+                self.quarantine(record_id, f"unreadable record: {exc}")
+                continue
+            yield parsed, data.rstrip(b"\n")
 
     def iter_records(
         self, record_filter: RecordFilter | None = None, *, after: int = 0

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmail.queue.record import now
+from tmail.queue.record import now, parse_time
 from tmail.queue.store import QueueStore
 
 # qshape's buckets, in minutes: 0-5, 5-10, 10-20, ..., 640-1280, 1280+.
@@ -56,11 +56,12 @@ class Summary:
 def summarize(store: QueueStore) -> Summary:
     summary = Summary()
     moment = now()
-    for record in store.iter_records():
-        age = record.age_seconds(moment)
-        counts = summary.by_domain.setdefault(record.host, [0] * len(BUCKET_NAMES))
+    for data, _ in store.iter_raw_records():
+        added = parse_time(data["AddedAt"])
+        age = (moment - added).total_seconds() if added else 0.0
+        counts = summary.by_domain.setdefault(data["Host"], [0] * len(BUCKET_NAMES))
         counts[bucket_of(age)] += 1
-        summary.by_status[int(record.status)] += 1
+        summary.by_status[int(data["Status"])] += 1
         summary.oldest_age = max(summary.oldest_age, age)
     return summary
 
