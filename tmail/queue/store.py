@@ -343,10 +343,13 @@ class QueueStore:
             path = (f"{records_root}/{record_id // 1_000_000:03d}/"
                     f"{record_id // 1000 % 1000:03d}/{record_id}.json")
             try:
-                with open(path, "rb") as handle:
-                    data = handle.read()
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue  # removed while we walked
+            try:
+                data = os.read(fd, 1 << 20)  # a record is well under 1 MiB
+            finally:
+                os.close(fd)
             try:
                 parsed = json.loads(data)
                 if not isinstance(parsed, dict) or parsed.get("Id") != record_id:
