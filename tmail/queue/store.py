@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -31,13 +30,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from tmail import fsutil
 from tmail.faults import fault_point
 from tmail.message import extract_message_id
 from tmail.queue import locks
 from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
-from tmail.queue.layout import RECORD_NAME, UUID_PATTERN, QueueLayout
+from tmail.queue.layout import UUID_PATTERN, QueueLayout
 from tmail.queue.record import Record, RecordError, Status, now
 
 log = logging.getLogger(__name__)
@@ -314,19 +315,28 @@ class QueueStore:
 
     def iter_ids(self, after: int = 0) -> Iterator[int]:
         """Every record id in ascending order, without reading the records."""
+        for _, ids in self._iter_leaves(after):
+            yield from ids
+
+    def _iter_leaves(self, after: int) -> Iterator[tuple[Path, list[int]]]:
+        """Each leaf directory of ``records/`` with its record ids above ``after``, sorted."""
         for top in _numeric_dirs(self.layout.records):
             if (int(top.name) + 1) * 1_000_000 <= after:
                 continue
             for leaf in _numeric_dirs(top):
                 if int(top.name) * 1_000_000 + (int(leaf.name) + 1) * 1000 <= after:
                     continue
-                ids = []
-                with contextlib.suppress(FileNotFoundError), os.scandir(leaf) as entries:
-                    for entry in entries:
-                        match = RECORD_NAME.match(entry.name)
-                        if match and int(match.group(1)) > after:
-                            ids.append(int(match.group(1)))
-                yield from sorted(ids)
+                try:
+                    names = os.listdir(leaf)
+                except FileNotFoundError:
+                    continue
+                # The ``<Id>.json`` names (RECORD_NAME), without a regex call per file.
+                ids = [int(name[:-5]) for name in names
+                       if name.endswith(".json") and name[:-5].isdigit()]
+                if after:
+                    ids = [record_id for record_id in ids if record_id > after]
+                if ids:
+                    yield leaf, sorted(ids)
 
     def iter_raw_records(
         self, record_filter: RecordFilter | None = None, *, after: int = 0
@@ -336,30 +346,34 @@ class QueueStore:
         Records are checked (a file that is not a record is quarantined) but not turned into
         :class:`Record` objects, and the API streams the file bytes as they are: at 100,000
         records that is the difference between a listing in seconds and one in tens of them.
+        Files are opened relative to their leaf directory (one path walk per thousand records)
+        and read with a small buffer: both showed up first in the profile of a 100k summary.
         """
         moment = now()
-        records_root = str(self.layout.records)
-        for record_id in self.iter_ids(after):
-            path = (f"{records_root}/{record_id // 1_000_000:03d}/"
-                    f"{record_id // 1000 % 1000:03d}/{record_id}.json")
+        for leaf, ids in self._iter_leaves(after):
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                leaf_fd = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except FileNotFoundError:
-                continue  # removed while we walked
-            try:
-                data = os.read(fd, 1 << 20)  # a record is well under 1 MiB
-            finally:
-                os.close(fd)
-            try:
-                parsed = json.loads(data)
-                if not isinstance(parsed, dict) or parsed.get("Id") != record_id:
-                    raise RecordError("not a queue record")
-                if record_filter is not None and not record_filter.matches_json(parsed, moment):
-                    continue
-            except (ValueError, TypeError, KeyError) as exc:
-                self.quarantine(record_id, f"unreadable record: {exc}")
                 continue
-            yield parsed, data.rstrip(b"\n")
+            try:
+                for record_id in ids:
+                    data = _read_at(leaf_fd, f"{record_id}.json")
+                    if data is None:
+                        continue  # removed while we walked
+                    try:
+                        parsed = orjson.loads(data)
+                        if not isinstance(parsed, dict) or parsed.get("Id") != record_id:
+                            raise RecordError("not a queue record")
+                        if record_filter is not None and not record_filter.matches_json(
+                            parsed, moment
+                        ):
+                            continue
+                    except (ValueError, TypeError, KeyError) as exc:
+                        self.quarantine(record_id, f"unreadable record: {exc}")
+                        continue
+                    yield parsed, data.rstrip(b"\n")
+            finally:
+                os.close(leaf_fd)
 
     def iter_records(
         self, record_filter: RecordFilter | None = None, *, after: int = 0
@@ -502,6 +516,28 @@ class QueueStore:
             return None
         path = self.layout.message_raw(uuid)
         return path if path.exists() else None
+
+
+def _read_at(dir_fd: int, name: str) -> bytes | None:
+    """The whole file ``name`` in ``dir_fd``, or ``None`` when it is gone.
+
+    A record is a few hundred bytes: one small read does it. Asking ``os.read`` for a big
+    buffer instead costs a large allocation per call, which dominated listing time.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.read(fd, 8192)
+        if len(data) < 8192:
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _scan(path: Path) -> list[os.DirEntry[str]]:
