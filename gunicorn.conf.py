@@ -7,6 +7,7 @@ non-loopback address, stops gunicorn with the reason.
 import sys
 
 from tmail import config as tmail_config
+from tmail.metrics import Counters
 from tmail.queue import QueueStore
 from tmail.tls import ensure_certificate
 from tmail.users import UserStore
@@ -21,6 +22,7 @@ certfile, keyfile = (str(path) for path in ensure_certificate(_config))
 # Create the users database and the queue tree once, before the workers fork.
 UserStore(_config.users_db, _config.mailboxes_dir, _config.default_quota)
 QueueStore(_config.queue_dir)
+Counters(_config.metrics_db)
 bind = [str(_config.api_bind)]
 workers = 2
 worker_class = "gthread"
@@ -31,3 +33,10 @@ timeout = 60
 # gunicorn's control socket defaults to one path per user (~/.gunicorn): two instances (tests,
 # a second deployment) would fight over it, and tmail does not use it.
 control_socket_disable = True
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Save the worker's last second of request counts before it goes."""
+    tmail = getattr(worker.wsgi, "extensions", {}).get("tmail")
+    if tmail is not None:
+        tmail.counters.flush()

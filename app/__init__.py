@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from app import ping, queue, users
+from app import metrics, openapi, ping, queue, users
 from app.errors import register_error_handlers
 from app.services import Services
 from tmail import config as tmail_config
@@ -33,7 +33,9 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["tmail"] = Services.build(config)
     register_error_handlers(app)
-    for blueprint in (ping.bp, users.bp, queue.bp):
+    app.url_map.converters["login"] = users.LoginConverter
+    for blueprint in (ping.bp, users.bp, queue.bp, metrics.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    app.after_request(metrics.count_request)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return app

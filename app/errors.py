@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -51,6 +51,27 @@ def describe_validation(messages: object, prefix: str = "") -> list[str]:
     return [f"{prefix}: {messages}" if prefix else str(messages)]
 
 
+DRAIN_LIMIT = 16 * 1024 * 1024
+
+
+def _drain_body() -> None:
+    """Read (and drop) a too-big body before answering 413.
+
+    A server that answers and closes while the client is still sending makes the client see
+    a reset or a TLS EOF instead of the 413 and its reason. Bodies past DRAIN_LIMIT are not
+    worth reading: those clients get the reset.
+    """
+    length = request.content_length or 0
+    if length > DRAIN_LIMIT:
+        return
+    stream = request.environ["wsgi.input"]
+    while length > 0:
+        chunk = stream.read(min(length, 65536))
+        if not chunk:
+            break
+        length -= len(chunk)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
@@ -68,6 +89,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if status == 413:
+            _drain_body()
         response = error_response(status, (exc.name or "error").lower(), exc.description or "")
         if status == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]

@@ -6,12 +6,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from app.auth import auth
 from app.errors import ApiError
 from app.parsing import load_query, record_filter
-from app.schemas import BulkSchema, QueueListSchema, SummarySchema
+from app.schemas import BulkSchema, QueueListSchema, RawQuerySchema, SummarySchema
 from app.services import services
 from tmail.message import split_headers
 from tmail.queue.ops import BULK_ACTIONS, Outcome
@@ -70,10 +70,11 @@ def show(record_id: int) -> Response:
 def raw(record_id: int) -> Response:
     """The queued message as ``message/rfc822`` (what ``postcat`` shows); ``?headers=1`` for
     the header block only."""
+    params = load_query(RawQuerySchema())
     data = services().queue.read_raw(record_id)
     if data is None:
         raise ApiError(404, "no such message ID", str(record_id))
-    if request.args.get("headers") in ("1", "true"):
+    if params.get("headers") in ("1", "true"):
         data = split_headers(data)[0]
     return Response(data, mimetype="message/rfc822")
 

@@ -10,9 +10,11 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from tmail.queue import Status
+from tmail.queue.layout import MAX_ID
 from tmail.quota import parse_quota
 
 FORBIDDEN_IN_LOGIN = ("/", "\\", "..", "\x00")
+MAX_COUNT = MAX_ID  # limits and offsets: far beyond any queue, within a C ssize_t
 
 
 class StrictBoolean(fields.Boolean):
@@ -24,10 +26,17 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
-def _password_length(value: str) -> None:
+def _password_bytes(value: str) -> None:
+    """bcrypt reads at most 72 bytes and stops at NUL: refuse what it would silently cut."""
     size = len(value.encode("utf-8"))
-    if not 6 <= size <= 72:
-        raise ValidationError(f"must be 6 to 72 bytes long (got {size}).")
+    if size > 72:
+        raise ValidationError(f"must be at most 72 bytes long in UTF-8 (got {size}).")
+    if "\x00" in value:
+        raise ValidationError("must not contain NUL.")
+
+
+# The length in characters is what the OpenAPI document can say; the bytes rule is bcrypt's.
+_PASSWORD = [validate.Length(min=6, max=72), _password_bytes]
 
 
 def _quota(value: str) -> None:
@@ -59,7 +68,7 @@ class UserCreateSchema(Schema):
         unknown = RAISE
 
     login = fields.String(required=True, load_only=True)
-    passwd = fields.String(required=True, validate=_password_length)
+    passwd = fields.String(required=True, validate=_PASSWORD)
     authRelay = StrictBoolean(load_default=False)
     haveMailbox = StrictBoolean(load_default=False)
     mailboxQuota = fields.String(load_default=None, validate=_quota)
@@ -83,7 +92,7 @@ class UserPasswordSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    passwd = fields.String(required=True, validate=_password_length)
+    passwd = fields.String(required=True, validate=_PASSWORD)
 
 
 class UserSchema(Schema):
@@ -115,9 +124,9 @@ class QueueFilterSchema(Schema):
 
 
 class QueueListSchema(QueueFilterSchema):
-    limit = fields.Integer(validate=validate.Range(min=1))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = fields.Integer(validate=validate.Range(min=1, max=MAX_COUNT))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_COUNT))
+    after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_COUNT))
 
 
 class SummarySchema(Schema):
@@ -134,18 +143,18 @@ class BulkSchema(QueueFilterSchema):
 class QueueRecordSchema(Schema):
     """A queue record: tmail's twelve keys, then tmail-py's extensions."""
 
-    Id = fields.Integer()
-    Uuid = fields.String()
-    Key = fields.String()
-    MailFrom = fields.String()
-    AuthUser = fields.String()
-    RcptTo = fields.String()
-    MessageId = fields.String()
-    Host = fields.String()
-    AddedAt = fields.String()
-    NextDeliveryScheduledAt = fields.String()
-    Status = fields.Integer()
-    DeliveryFailedCount = fields.Integer()
+    Id = fields.Integer(required=True)
+    Uuid = fields.String(required=True)
+    Key = fields.String(required=True)
+    MailFrom = fields.String(required=True)
+    AuthUser = fields.String(required=True)
+    RcptTo = fields.String(required=True)
+    MessageId = fields.String(required=True)
+    Host = fields.String(required=True)
+    AddedAt = fields.String(required=True)
+    NextDeliveryScheduledAt = fields.String(required=True)
+    Status = fields.Integer(required=True)
+    DeliveryFailedCount = fields.Integer(required=True)
     Size = fields.Integer()
     ClientAddr = fields.String()
     LastError = fields.String()
@@ -154,11 +163,41 @@ class QueueRecordSchema(Schema):
 
 
 class BulkResultSchema(Schema):
-    matched = fields.Integer()
-    done = fields.Integer()
-    skipped = fields.Integer()
+    matched = fields.Integer(required=True)
+    done = fields.Integer(required=True)
+    skipped = fields.Integer(required=True)
 
 
 class ErrorSchema(Schema):
-    msg = fields.String()
-    raw = fields.String()
+    """tmail's one error body (and the body of a few plain confirmations)."""
+
+    msg = fields.String(required=True)
+    raw = fields.String(required=True)
+
+
+class DomainBucketsSchema(Schema):
+    host = fields.String(required=True)
+    count = fields.Integer(required=True)
+    buckets = fields.List(fields.Integer(), required=True)
+
+
+class TotalBucketsSchema(Schema):
+    count = fields.Integer(required=True)
+    buckets = fields.List(fields.Integer(), required=True)
+
+
+class SummaryResultSchema(Schema):
+    """``GET /queue/summary``: qshape's age buckets, biggest domains first."""
+
+    buckets = fields.List(fields.String(), required=True)
+    total = fields.Nested(TotalBucketsSchema, required=True)
+    domains = fields.List(fields.Nested(DomainBucketsSchema), required=True)
+    status = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    oldest_age_seconds = fields.Float(required=True)
+
+
+class RawQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    headers = fields.String(validate=validate.OneOf(["0", "1", "true", "false"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, url_for
+from werkzeug.routing import PathConverter
 
 from app.auth import auth
 from app.errors import ApiError
@@ -11,6 +12,14 @@ from app.schemas import UserCreateSchema, UserPasswordSchema, UserSchema
 from app.services import services
 
 bp = Blueprint("users", __name__)
+
+
+class LoginConverter(PathConverter):
+    """Any text after ``/users/``, newlines included, so that a bad login gets its 422 (with
+    the reason) from the schema instead of a bare 404 from the router."""
+
+    regex = "(?s:[^/].*?)"
+
 _user = UserSchema()
 
 
@@ -20,7 +29,7 @@ def list_users() -> Response:
     return jsonify(_user.dump(services().users.list(), many=True))
 
 
-@bp.post("/users/<path:login>")
+@bp.post("/users/<login:login>")
 @auth.login_required
 def create_user(login: str) -> tuple[Response, int, dict[str, str]]:
     data = load_body(UserCreateSchema(), login=login)
@@ -35,7 +44,7 @@ def create_user(login: str) -> tuple[Response, int, dict[str, str]]:
     return jsonify(_user.dump(user)), 201, {"Location": url_for("users.get_user", login=login)}
 
 
-@bp.get("/users/<path:login>")
+@bp.get("/users/<login:login>")
 @auth.login_required
 def get_user(login: str) -> Response:
     user = services().users.get(login)
@@ -44,7 +53,7 @@ def get_user(login: str) -> Response:
     return jsonify(_user.dump(user))
 
 
-@bp.put("/users/<path:login>")
+@bp.put("/users/<login:login>")
 @auth.login_required
 def change_password(login: str) -> tuple[str, int]:
     data = load_body(UserPasswordSchema())
@@ -53,7 +62,7 @@ def change_password(login: str) -> tuple[str, int]:
     return "", 204
 
 
-@bp.delete("/users/<path:login>")
+@bp.delete("/users/<login:login>")
 @auth.login_required
 def delete_user(login: str) -> Response:
     if not services().users.delete(login):

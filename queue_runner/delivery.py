@@ -22,6 +22,7 @@ from queue_runner.results import RecipientResult
 from queue_runner.transports import MaildirTransport, Outgoing, SmtpTransport, Transport
 from tmail.config import Config
 from tmail.dsn import RecipientStatus
+from tmail.metrics import DELIVERIES, Counters
 from tmail.queue import LockedRecord, QueueStore, Record, Status
 from tmail.queue.ops import bounce_now, queue_dsn
 from tmail.queue.record import now
@@ -39,8 +40,10 @@ def backoff(config: Config, failures: int) -> float:
 
 class Runner:
     def __init__(self, config: Config, store: QueueStore, users: UserStore,
-                 smtp: Transport, local: Transport | None = None) -> None:
+                 smtp: Transport, local: Transport | None = None,
+                 counters: Counters | None = None) -> None:
         self.config = config
+        self.counters = counters or Counters(config.metrics_db)
         self.store = store
         self.users = users
         self.smtp = smtp
@@ -228,6 +231,7 @@ class Runner:
             reason="The mail system will keep trying to deliver your message.",
             delay_hours=round(record.age_seconds() / 3600, 1),
             lifetime_hours=round(self.config.max_queue_lifetime / 3600, 1),
+            counters=self.counters,
         )
 
     def _expire(self, locked: LockedRecord) -> None:
@@ -242,7 +246,7 @@ class Runner:
         self._log(record, RecipientResult(max(result.code, 500), result.text, result.relay))
         bounce_now(self.store, locked, hostname=self.config.hostname, reason=reason,
                    status=result.status, diagnostic=f"smtp; {result.reply}",
-                   remote_mta=_remote(result))
+                   remote_mta=_remote(result), counters=self.counters)
 
     def _discard(self, locked: LockedRecord) -> None:
         log.info("%s: to=<%s>, status=discarded (by the administrator)", locked.record.uuid,
@@ -250,6 +254,9 @@ class Runner:
         locked.remove()
 
     def _log(self, record: Record, result: RecipientResult) -> None:
+        """The Postfix-style log line of one attempt, and the attempt's counter."""
+        self.counters.inc(DELIVERIES, result=result.outcome,
+                          transport="local" if result.relay == "local" else "smtp")
         log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", record.uuid,
                  record.rcpt_to, result.relay, record.age_seconds(), result.status,
                  result.outcome, result.reply)

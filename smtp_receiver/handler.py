@@ -15,6 +15,7 @@ from smtp_receiver.policy import RecipientPolicy
 from smtp_receiver.trace import protocol, received_header
 from tmail.config import Config
 from tmail.message import format_date, has_header, new_message_id, prepend_header
+from tmail.metrics import SMTP_MESSAGES, Counters
 from tmail.queue import Envelope as QueueEnvelope
 from tmail.users import UserStore
 
@@ -39,8 +40,10 @@ class ReceiverHandler:
         *,
         login_failure_delay: float = 1.0,
         max_auth_failures: int = 3,
+        counters: Counters | None = None,
     ) -> None:
         self.config = config
+        self.counters = counters or Counters(config.metrics_db)
         self.users = users
         self.policy = RecipientPolicy(config, users)
         self.committer = committer
@@ -110,6 +113,7 @@ class ReceiverHandler:
                           address: str, mail_options: list[str]) -> str:
         address = "" if address == "<>" else address
         if address and not _valid_address(address):
+            self.refused("bad_address")
             return "501 5.1.7 Bad sender address syntax"
         envelope.mail_from = address or "<>"
         envelope.mail_options.extend(mail_options)
@@ -118,14 +122,17 @@ class ReceiverHandler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if not _valid_address(address):
+            self.refused("bad_address")
             return "501 5.1.3 Bad recipient address syntax"
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            self.refused("too_many_recipients")
             return "452 4.5.3 Error: too many recipients"
         user = self.users.get(session.login_data) if session.authenticated else None
         refusal = self.policy.check(address, _client_ip(session),
                                     relay_user=bool(user and user.auth_relay))
         if refusal is not None:
             self._log(session, envelope, f"reject: RCPT <{address}>: {refusal}")
+            self.refused(refusal.reason)
             return str(refusal)
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
@@ -142,10 +149,16 @@ class ReceiverHandler:
         except OSError as exc:
             log.error("client=%s: queue write failed: %s", _client_ip(session), exc)
             self._log(session, envelope, "reject: DATA: 451 4.3.0 queue file write error")
+            self.refused("queue_error")
             return "451 4.3.0 Error: queue file write error"
+        self.counters.inc(SMTP_MESSAGES, result="accepted", reason="")
         uuid = records[0].uuid
         self._log(session, envelope, f"queued as {uuid}, size={len(raw)}")
         return f"250 2.0.0 Ok: queued as {uuid}"
+
+    def refused(self, reason: str) -> None:
+        """Count a refused command (a recipient, a sender or a message) by reason class."""
+        self.counters.inc(SMTP_MESSAGES, result="refused", reason=reason)
 
     def _with_headers(self, server: SMTP, session: Session, envelope: Envelope) -> bytes:
         """The bytes as received, under our trace header (plus Message-ID/Date for

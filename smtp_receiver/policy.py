@@ -14,6 +14,7 @@ from tmail.users import UserStore
 class Refusal:
     code: int
     text: str
+    reason: str  # the class counted in the metrics: unknown_user, relay_denied
 
     def __str__(self) -> str:
         return f"{self.code} {self.text}"
@@ -42,11 +43,11 @@ class RecipientPolicy:
         if domain in self.local_domains():
             if self._users.find_mailbox(rcpt) is None:
                 return Refusal(550, f"5.1.1 <{rcpt}>: Recipient address rejected: "
-                                    "User unknown in local recipient table")
+                                    "User unknown in local recipient table", "unknown_user")
             return None
         if relay_user or self._in_relay_networks(client_ip):
             return None
-        return Refusal(554, f"5.7.1 <{rcpt}>: Relay access denied")
+        return Refusal(554, f"5.7.1 <{rcpt}>: Relay access denied", "relay_denied")
 
     def _in_relay_networks(self, client_ip: str) -> bool:
         try:

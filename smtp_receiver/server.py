@@ -23,6 +23,8 @@ _REPLIES = {
 class TmailSMTP(SMTP):
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
+            if status.startswith("552") and isinstance(self.event_handler, ReceiverHandler):
+                self.event_handler.refused("too_big")
             status = _REPLIES.get(status, status)
         await super().push(status)
 

@@ -3,3 +3,5 @@
 Every process (the API in ``app``, ``smtp_receiver``, ``queue_runner``) imports this package;
 it imports none of them.
 """
+
+__version__ = "0.1.0"

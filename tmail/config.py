@@ -86,6 +86,10 @@ class Config:
         return self.data_dir / "users.db"
 
     @property
+    def metrics_db(self) -> Path:
+        return self.data_dir / "metrics.db"
+
+    @property
     def tls_cert_path(self) -> Path:
         """The certificate to serve: the configured one, or the one generated in the data dir."""
         return self.tls_cert or self.data_dir / "tls" / "cert.pem"

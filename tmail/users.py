@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from pathlib import Path
 
 from passlib.context import CryptContext
 from passlib.hash import sha512_crypt
+
+from tmail import sqlite as tmail_sqlite
 
 # bcrypt as tmail writes it: "$2a$10$..."; one context so that schemes can be upgraded later.
 _PASSWORDS = CryptContext(schemes=["bcrypt"], bcrypt__ident="2a", bcrypt__rounds=10)
@@ -111,11 +112,8 @@ class UserStore:
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.db_path, timeout=10, isolation_level=None)
+            conn = tmail_sqlite.connect(self.db_path)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=10000")
-            _use_wal(conn)
-            conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
         return conn
 
@@ -226,24 +224,6 @@ class UserStore:
                 (domain.lower(),),
             ).fetchone()
         return _user(row) if row else None
-
-
-def _use_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
-    """Switch the database to WAL (once: the mode is stored in the file).
-
-    Several processes open a new database at the same instant (gunicorn workers, the
-    receiver, the runner); switching the journal mode needs an exclusive lock that SQLite
-    does not wait for, so a process that loses the race retries instead of failing.
-    """
-    for attempt in range(attempts):
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == attempts - 1:
-                raise
-            time.sleep(0.02)
 
 
 def _user(row: sqlite3.Row) -> User:

@@ -24,6 +24,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# Ids are positive and below 2**62, so that the lock offsets (2*Id + 1) fit in an off_t and a
+# file name never gets long: an id outside is simply not found.
+MAX_ID = 2**62
 RECORD_NAME = re.compile(r"^(\d+)\.json$")
 UUID_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from tmail.dsn import RecipientStatus, build_dsn
+from tmail.metrics import DSNS, Counters
 from tmail.queue.filters import RecordFilter
 from tmail.queue.record import Record, Status, now
 from tmail.queue.store import LockedRecord, QueueStore
@@ -48,6 +49,7 @@ def queue_dsn(
     reason: str,
     delay_hours: float = 0.0,
     lifetime_hours: float = 0.0,
+    counters: Counters | None = None,
 ) -> Record | None:
     """Queue a DSN about ``record``'s message to its sender; never to the null sender.
 
@@ -71,6 +73,8 @@ def queue_dsn(
         lifetime_hours=lifetime_hours,
     )
     queued = store.enqueue(dsn, "", [record.mail_from], client_addr="local")[0]
+    if counters is not None:
+        counters.inc(DSNS, action=recipients[0].action)
     log.info("%s: sender DSN queued as %s (%s)", record.uuid, queued.uuid,
              recipients[0].action)
     return queued
@@ -85,6 +89,7 @@ def bounce_now(
     status: str = "5.0.0",
     diagnostic: str = "",
     remote_mta: str = "",
+    counters: Counters | None = None,
 ) -> None:
     """Send the sender a "failed" DSN for this record, then remove it (DSN first: a crash in
     between may bounce twice, never lose the bounce)."""
@@ -96,6 +101,7 @@ def bounce_now(
         recipients=[RecipientStatus(record.rcpt_to, "failed", status, diagnostic, remote_mta)],
         hostname=hostname,
         reason=reason,
+        counters=counters,
     )
     locked.remove()
 
@@ -103,9 +109,11 @@ def bounce_now(
 class QueueOps:
     """The admin operations on one store (the API builds one, the CLI builds one)."""
 
-    def __init__(self, store: QueueStore, hostname: str) -> None:
+    def __init__(self, store: QueueStore, hostname: str,
+                 counters: Counters | None = None) -> None:
         self.store = store
         self.hostname = hostname
+        self.counters = counters
 
     def discard(self, record_id: int) -> Outcome:
         with self.store.locked(record_id) as locked:
@@ -127,7 +135,8 @@ class QueueOps:
                 locked.write(locked.record.evolve(status=Status.BOUNCE))
                 return Outcome.MARKED
             bounce_now(self.store, locked, hostname=self.hostname, reason=reason,
-                       diagnostic="x-tmail; returned by the administrator")
+                       diagnostic="x-tmail; returned by the administrator",
+                       counters=self.counters)
             return Outcome.DONE
 
     def hold(self, record_id: int) -> Outcome:

@@ -38,7 +38,7 @@ from tmail.message import extract_message_id
 from tmail.queue import locks
 from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
-from tmail.queue.layout import UUID_PATTERN, QueueLayout
+from tmail.queue.layout import MAX_ID, UUID_PATTERN, QueueLayout
 from tmail.queue.record import Record, RecordError, Status, now
 
 log = logging.getLogger(__name__)
@@ -298,6 +298,8 @@ class QueueStore:
             return None
 
     def _load(self, record_id: int) -> Record | None:
+        if not 0 < record_id <= MAX_ID:
+            return None
         path = self.layout.record_json(record_id)
         try:
             data = path.read_bytes()
@@ -391,6 +393,8 @@ class QueueStore:
                 yield record
 
     def read_raw(self, record_id: int) -> bytes | None:
+        if not 0 < record_id <= MAX_ID:
+            return None
         try:
             return self.layout.record_raw(record_id).read_bytes()
         except FileNotFoundError:
@@ -424,6 +428,9 @@ class QueueStore:
 
         The claim dies with the process, so a killed runner leaves nothing stuck.
         """
+        if not 0 < record_id <= MAX_ID:
+            yield None
+            return
         try:
             fd = os.open(self.layout.record_raw(record_id), os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

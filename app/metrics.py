@@ -1,0 +1,81 @@
+"""``GET /metrics``: Prometheus' text format, for the queue and for every process's counters.
+
+Queue figures are read from the queue at scrape time (one pass, as the summary does); the
+counters are those every process keeps in the data dir (:mod:`tmail.metrics`). Credentials are
+those of the API unless ``TMAIL_METRICS_PUBLIC`` is true (a scraper on a private network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.auth import auth
+from app.services import Services, services
+from tmail.metrics import API_REQUESTS, COUNTERS, Counters
+from tmail.queue import Status
+from tmail.queue.summary import summarize
+
+bp = Blueprint("metrics", __name__)
+TOP_DOMAINS = 20
+
+
+class TmailCollector(Collector):
+    """Builds every metric afresh at each scrape; nothing is kept between scrapes."""
+
+    def __init__(self, tmail: Services) -> None:
+        self.tmail = tmail
+
+    def collect(self) -> Iterator[Metric]:
+        summary = summarize(self.tmail.queue)
+        records = GaugeMetricFamily("tmail_queue_records", "Queue records by status.",
+                                    labels=["status"])
+        for status in Status:
+            records.add_metric([status.name.lower()], summary.by_status.get(int(status), 0))
+        yield records
+        domains = GaugeMetricFamily(
+            "tmail_queue_records_by_domain",
+            f"Queue records by destination domain (the {TOP_DOMAINS} biggest domains).",
+            labels=["domain"],
+        )
+        for host, counts in summary.domains(TOP_DOMAINS):
+            domains.add_metric([host], sum(counts))
+        yield domains
+        yield GaugeMetricFamily("tmail_queue_oldest_age_seconds",
+                                "Age of the oldest queue record (0 when the queue is empty).",
+                                value=summary.oldest_age)
+        yield from _counter_families(self.tmail.counters)
+
+
+def _counter_families(counters: Counters) -> Iterator[Metric]:
+    families = {spec.name: CounterMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+                for spec in COUNTERS}
+    for spec, labels, value in counters.read():
+        families[spec.name].add_metric([labels[name] for name in spec.labels], value)
+    yield from families.values()
+
+
+def _exposition() -> Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TmailCollector(services()))
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    if services().config.metrics_public:
+        return _exposition()
+    return auth.login_required(_exposition)()
+
+
+def count_request(response: Response) -> Response:
+    """``after_request`` hook: one count per request, by route template (never the raw path,
+    which would make a label value per user or per queue id)."""
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    services().counters.inc(API_REQUESTS, route=rule, method=request.method,
+                            status=str(response.status_code))
+    return response
