@@ -105,13 +105,15 @@ class Daemon:
         last_sweep = last_cleanup = time.monotonic()
         while not self.stopping.is_set():
             until_sweep = self.config.runner_sweep_interval - (time.monotonic() - last_sweep)
-            timeout = until_sweep
+            # Wake at least every second while cached SMTP sessions may need closing.
+            timeout = min(until_sweep, 1.0)
             if next_due is not None:
                 timeout = min(timeout, (next_due - now()).total_seconds())
             self.wake.wait(max(0.0, timeout))
             self.wake.clear()
             if self.stopping.is_set():
                 break
+            self.runner.close_idle()
             ids = self.notify.read_new()
             if ids:
                 self.runner.submit_ids(ids)

@@ -106,6 +106,13 @@ class Runner:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.smtp.close()
+        self.local.close()
+
+    def close_idle(self) -> None:
+        """QUIT cached SMTP sessions that have been idle too long (the daemon calls this)."""
+        self.smtp.close_idle()
+        self.local.close_idle()
 
     # --- one attempt -------------------------------------------------------------------
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
+import threading
+import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,6 +34,12 @@ class Outgoing:
 class Transport(Protocol):
     def send(self, message: Outgoing) -> list[RecipientResult]: ...
 
+    def close_idle(self) -> None:
+        """Let go of resources kept between messages once they are past their limits."""
+
+    def close(self) -> None:
+        """Let go of every resource kept between messages (the runner is stopping)."""
+
 
 class MaildirTransport:
     """Local users (and catchalls): straight into ``<Home>/Maildir``."""
@@ -38,6 +47,12 @@ class MaildirTransport:
     def __init__(self, config: Config, users: UserStore) -> None:
         self._config = config
         self._users = users
+
+    def close_idle(self) -> None:
+        """Nothing is kept between messages."""
+
+    def close(self) -> None:
+        """Nothing is kept between messages."""
 
     def send(self, message: Outgoing) -> list[RecipientResult]:
         return [self._deliver(message, rcpt) for rcpt in message.recipients]
@@ -63,12 +78,84 @@ class MaildirTransport:
                                "local")
 
 
-class SmtpTransport:
-    """Remote domains: one SMTP transaction per message and domain, STARTTLS when offered."""
+class _Cached:
+    """An SMTP connection left open after a transaction, for the next message to its host."""
 
-    def __init__(self, config: Config, resolver: Resolver) -> None:
+    def __init__(self, client: smtplib.SMTP, relay: str) -> None:
+        self.client = client
+        self.relay = relay
+        self.opened = time.monotonic()
+        self.idle_since = self.opened
+        self.uses = 0
+
+
+class ConnectionCache:
+    """Open SMTP sessions by destination host, as Postfix's scache keeps them.
+
+    Opening a session (TCP, greeting, EHLO, STARTTLS) costs more than the transaction itself
+    for small messages. A session goes back here after each message and is taken again by
+    the next message to the same host, within the same limits as Postfix: idle at most
+    ``idle_limit`` seconds, open at most ``age_limit`` seconds, at most ``use_limit``
+    transactions.
+    """
+
+    def __init__(self, idle_limit: float = 2.0, age_limit: float = 300.0,
+                 use_limit: int = 100) -> None:
+        self.idle_limit, self.age_limit, self.use_limit = idle_limit, age_limit, use_limit
+        self._idle: dict[HostPort, list[_Cached]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def take(self, host: HostPort) -> _Cached | None:
+        expired: list[_Cached] = []
+        found = None
+        with self._lock:
+            sessions = self._idle.get(host, [])
+            while sessions and found is None:
+                cached = sessions.pop()
+                if self._usable(cached, time.monotonic()):
+                    found = cached
+                else:
+                    expired.append(cached)
+        for cached in expired:
+            _quit(cached.client)
+        return found
+
+    def give_back(self, host: HostPort, cached: _Cached) -> None:
+        cached.uses += 1
+        cached.idle_since = time.monotonic()
+        if not self._usable(cached, cached.idle_since):
+            _quit(cached.client)
+            return
+        with self._lock:
+            self._idle[host].append(cached)
+
+    def close_idle(self, everything: bool = False) -> None:
+        """QUIT the sessions past their limits (all of them with ``everything``)."""
+        moment = time.monotonic()
+        closing: list[_Cached] = []
+        with self._lock:
+            for sessions in self._idle.values():
+                keep = [c for c in sessions if not everything and self._usable(c, moment)]
+                closing.extend(c for c in sessions if c not in keep)
+                sessions[:] = keep
+        for cached in closing:
+            _quit(cached.client)
+
+    def _usable(self, cached: _Cached, moment: float) -> bool:
+        return (moment - cached.idle_since <= self.idle_limit
+                and moment - cached.opened <= self.age_limit
+                and cached.uses < self.use_limit)
+
+
+class SmtpTransport:
+    """Remote domains: one SMTP transaction per message and domain, STARTTLS when offered,
+    over sessions that are kept open for the next message to the same host."""
+
+    def __init__(self, config: Config, resolver: Resolver,
+                 cache: ConnectionCache | None = None) -> None:
         self._config = config
         self._resolver = resolver
+        self.cache = cache or ConnectionCache()
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         # Opportunistic TLS, as MTAs do by default: encrypt, but accept any certificate.
         self._tls.check_hostname = False
@@ -83,38 +170,65 @@ class SmtpTransport:
             return [failure(code, f"{exc.status} {exc.text}")] * len(message.recipients)
         last: list[RecipientResult] = []
         for host in hosts:
+            cached = self.cache.take(host)
+            if cached is not None:
+                try:
+                    return self._transaction(host, cached, message)
+                except (OSError, smtplib.SMTPException):
+                    # The server closed the idle session (or broke it before MAIL was
+                    # answered): nothing was sent, so a fresh session may try again.
+                    _quit(cached.client)
             try:
-                return self._session(host, message)
+                return self._transaction(host, self._open(host), message)
+            except _TlsRequired as exc:
+                return [failure(451, str(exc), str(host))] * len(message.recipients)
             except (OSError, smtplib.SMTPException) as exc:
                 # Try the next MX; report the last host's trouble if all fail.
                 last = [failure(451, f"4.4.1 connect to {host}: {_describe(exc)}", str(host))] * (
                     len(message.recipients))
         return last
 
-    def _session(self, host: HostPort, message: Outgoing) -> list[RecipientResult]:
-        relay = str(host)
-        timeout = self._config.runner_timeout
-        with smtplib.SMTP(timeout=timeout, local_hostname=self._config.hostname) as client:
+    def close_idle(self) -> None:
+        self.cache.close_idle()
+
+    def close(self) -> None:
+        self.cache.close_idle(everything=True)
+
+    def _open(self, host: HostPort) -> _Cached:
+        client = smtplib.SMTP(timeout=self._config.runner_timeout,
+                              local_hostname=self._config.hostname)
+        try:
             client.connect(host.host, host.port)
             client.ehlo()
             if client.has_extn("starttls") and self._config.runner_starttls != "none":
                 client.starttls(context=self._tls)
                 client.ehlo()
             elif self._config.runner_starttls == "encrypt":
-                text = "4.7.4 TLS is required but was not offered"
-                return [failure(451, text, relay)] * len(message.recipients)
-            code, reply = client.mail(message.mail_from)
+                raise _TlsRequired("4.7.4 TLS is required but was not offered")
+        except BaseException:
+            client.close()
+            raise
+        return _Cached(client, str(host))
+
+    def _transaction(self, host: HostPort, session: _Cached,
+                     message: Outgoing) -> list[RecipientResult]:
+        """MAIL, RCPT..., DATA on an open session; the session goes back to the cache when
+        the transaction ended cleanly, else it is closed."""
+        client, relay = session.client, session.relay
+        code, reply = client.mail(message.mail_from)
+        if code >= 400:
+            _quit(client)
+            return [failure(code, reply.decode(errors="replace"), relay)] * len(
+                message.recipients)
+        results: dict[str, RecipientResult] = {}
+        accepted = []
+        for rcpt in message.recipients:
+            code, reply = client.rcpt(rcpt)
             if code >= 400:
-                return [failure(code, reply.decode(errors="replace"), relay)] * len(
-                    message.recipients)
-            results: dict[str, RecipientResult] = {}
-            accepted = []
-            for rcpt in message.recipients:
-                code, reply = client.rcpt(rcpt)
-                if code >= 400:
-                    results[rcpt] = failure(code, reply.decode(errors="replace"), relay)
-                else:
-                    accepted.append(rcpt)
+                results[rcpt] = failure(code, reply.decode(errors="replace"), relay)
+            else:
+                accepted.append(rcpt)
+        try:
             if accepted:
                 try:
                     code, reply = client.data(message.raw)
@@ -124,7 +238,28 @@ class SmtpTransport:
                     results[rcpt] = RecipientResult(code, reply.decode(errors="replace"), relay)
             else:
                 client.rset()
-            return [results[rcpt] for rcpt in message.recipients]
+        except (OSError, smtplib.SMTPException) as exc:
+            # Lost during DATA: the message may or may not have arrived; retry later.
+            _quit(client)
+            text = f"4.4.2 lost connection with {relay} while sending the message"
+            return [results.get(r) or failure(451, f"{text} ({_describe(exc)})", relay)
+                    for r in message.recipients]
+        if code == 421:
+            _quit(client)
+        else:
+            self.cache.give_back(host, session)
+        return [results[rcpt] for rcpt in message.recipients]
+
+
+class _TlsRequired(Exception):
+    """STARTTLS was required (TMAIL_RUNNER_STARTTLS=encrypt) and the server did not offer it."""
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        client.close()
 
 
 def _describe(exc: BaseException) -> str:

@@ -70,10 +70,12 @@ class SinkHandler:
 
 
 class Sink:
-    def __init__(self) -> None:
+    def __init__(self, idle_timeout: float = 300.0) -> None:
+        """``idle_timeout``: the server drops a session idle that long, as real MTAs do."""
         self.handler = SinkHandler()
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
+                                     timeout=idle_timeout)
 
     def __enter__(self) -> Sink:
         self.controller.start()

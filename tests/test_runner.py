@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import itertools
 import os
@@ -24,7 +25,7 @@ from queue_runner.transports import SmtpTransport
 from tests.conftest import REPO, stop, tmail_env, wait_until
 from tests.sink import Script, Sink
 from tmail import config as tmail_config
-from tmail.config import Config
+from tmail.config import Config, HostPort
 from tmail.queue import QueueStore, Status
 from tmail.queue.ops import QueueOps
 from tmail.queue.record import now
@@ -149,6 +150,33 @@ def test_one_transaction_per_message_and_domain_with_mixed_outcomes(
     assert recipient["Final-Recipient"] == "rfc822; no@remote.test"
     assert recipient["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"
     assert recipient["Remote-MTA"] == "dns; 127.0.0.1"
+
+
+def test_sessions_are_reused_for_the_next_message_to_the_same_host(
+    runner: Runner, store: QueueStore, sink: Sink
+) -> None:
+    for n in range(3):
+        store.enqueue(message(n), "s@sender.test", [f"r{n}@remote.test"])
+        runner.run_once()
+    assert len(sink.messages) == 3
+    assert {m.session for m in sink.messages} == {1} and sink.handler.sessions == 1
+
+
+def test_a_session_the_server_dropped_is_replaced_without_a_failure(config: Config,
+                                                                    store: QueueStore) -> None:
+    with Sink(idle_timeout=0.3) as impatient:
+        runner = Runner.build(dataclasses.replace(
+            config, routes=(("*", HostPort("127.0.0.1", impatient.port)),)))
+        try:
+            store.enqueue(message(1), "s@sender.test", ["a@remote.test"])
+            runner.run_once()
+            time.sleep(0.8)  # the server has closed the cached session by now
+            [record] = store.enqueue(message(2), "s@sender.test", ["b@remote.test"])
+            runner.run_once()
+        finally:
+            runner.shutdown()
+        assert [m.rcpt_tos for m in impatient.messages] == [["a@remote.test"], ["b@remote.test"]]
+        assert impatient.handler.sessions == 2 and store.get(record.id) is None
 
 
 def test_retries_follow_the_doubling_backoff(runner: Runner, store: QueueStore, sink: Sink,
