@@ -319,3 +319,43 @@ def test_sendmail_queues_from_a_local_program(tmp_path: Path) -> None:
 
     assert run_sendmail(env, b"Subject: x\n\ny\n", "root").returncode == 0
     assert run_sendmail(env, b"Subject: x\n\ny\n").returncode == 64
+
+
+def _workers(parent: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_worker_processes_share_the_port_and_are_restarted(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    receiver = start_receiver(tmail_env(tmp_path, TMAIL_SMTP_PROCESSES="2",
+                                        TMAIL_LOCAL_DOMAINS=LOCAL),
+                              tmp_path / "receiver.log")
+    try:
+        assert wait_until(lambda: len(_workers(receiver.process.pid)) == 2)
+        first = _workers(receiver.process.pid)[0]
+        os.kill(first, signal.SIGKILL)  # a worker dies: another takes its place
+        assert wait_until(lambda: first not in _workers(receiver.process.pid)
+                          and len(_workers(receiver.process.pid)) == 2, 10)
+        add_users(receiver.env)
+        for _ in range(6):  # every connection is answered, whichever worker gets it
+            with receiver.smtp() as client:
+                send(client, "s@sender.test", [f"bob@{LOCAL}"])
+        assert len(list(receiver.queue.iter_ids())) == 6
+        workers = _workers(receiver.process.pid)
+        receiver.process.kill()  # even a parent killed outright takes its workers along
+        receiver.process.wait()
+        assert wait_until(lambda: not any(_alive(pid) for pid in workers), 10)
+    finally:
+        stop(receiver.process)

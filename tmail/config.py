@@ -59,6 +59,7 @@ class Config:
     hostname: str = field(default_factory=socket.getfqdn)
     smtp_bind: HostPort = HostPort("127.0.0.1", 2525)
     smtp_auth_require_tls: bool = True
+    smtp_processes: int = field(default_factory=lambda: min(os.cpu_count() or 1, 4))
     local_domains: tuple[str, ...] = ()
     relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_message_size: int = 26_214_400
@@ -205,6 +206,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TMAIL_HOSTNAME": ("hostname", str),
     "TMAIL_SMTP_BIND": ("smtp_bind", parse_host_port),
     "TMAIL_SMTP_AUTH_REQUIRE_TLS": ("smtp_auth_require_tls", parse_bool),
+    "TMAIL_SMTP_PROCESSES": ("smtp_processes", parse_positive_int),
     "TMAIL_LOCAL_DOMAINS": ("local_domains", parse_domains),
     "TMAIL_RELAY_NETWORKS": ("relay_networks", parse_networks),
     "TMAIL_MAX_MESSAGE_SIZE": ("max_message_size", parse_positive_int),
