@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 
@@ -20,7 +21,31 @@ _REPLIES = {
 }
 
 
+# The common case of MAIL FROM/RCPT TO: <dot-atom@domain> then parameters. aiosmtpd parses
+# every address with the email package's RFC 5322 parser, a tenth of the receiver's CPU
+# under load; this match gives the same answer for these addresses, the rest still goes
+# through the full parser.
+_SIMPLE_ADDRESS = re.compile(
+    r"<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\.)*[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)",
+    re.DOTALL,
+)
+
+
 class TmailSMTP(SMTP):
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        match = _SIMPLE_ADDRESS.fullmatch(arg.lstrip())
+        if match is None:
+            return super()._getaddr(arg)
+        address, rest = match.groups()
+        rest = rest.lstrip()
+        if rest.startswith("("):  # a comment: the full parser knows what to do with it
+            return super()._getaddr(arg)
+        local_part = address.rpartition("@")[0]
+        if self.local_part_limit and len(local_part) > self.local_part_limit:
+            return None, None
+        return address, rest
+
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
             if status.startswith("552") and isinstance(self.event_handler, ReceiverHandler):

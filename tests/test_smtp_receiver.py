@@ -359,3 +359,19 @@ def test_worker_processes_share_the_port_and_are_restarted(tmp_path: Path) -> No
         assert wait_until(lambda: not any(_alive(pid) for pid in workers), 10)
     finally:
         stop(receiver.process)
+
+
+@pytest.mark.parametrize("arg", [
+    "<a@b.c>", " <a@b.c> SIZE=100", "<a.b+c@d-e.f> BODY=8BITMIME", "<>", "<a..b@c.d>",
+    "<.a@b.c>", '<"q s"@b.c>', "a@b.c", "<a@b.c>SIZE=1", "<a@[1.2.3.4]>",
+    "<" + "x" * 65 + "@b.c>", "<a@b.c> ", "<a@b.c>\tX=1", "<a@b.c> (note) X=1",
+    "<a@b.c>  SIZE=1  BODY=7BIT", "<a@b@c.d>", "<a b@c.d>",
+])
+def test_the_fast_address_parser_agrees_with_aiosmtpd(arg: str) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    from smtp_receiver.server import TmailSMTP
+
+    fast, reference = TmailSMTP.__new__(TmailSMTP), SMTP.__new__(SMTP)
+    fast.local_part_limit = reference.local_part_limit = 64
+    assert fast._getaddr(arg) == reference._getaddr(arg)

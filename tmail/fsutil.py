@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tmail.faults import fault_point
@@ -28,9 +30,43 @@ def fsync_dir(path: Path | str) -> None:
 
 
 def fsync_dirs(paths: Iterable[Path | str]) -> None:
-    """``fsync`` each distinct directory once (callers often touch the same leaf many times)."""
-    for path in dict.fromkeys(paths):
-        fsync_dir(path)
+    """``fsync`` each distinct directory once (callers often touch the same leaf many times),
+    concurrently (see :func:`fsync_files`)."""
+    _in_parallel(fsync_dir, list(dict.fromkeys(paths)))
+
+
+def fsync_files(paths: Iterable[Path | str]) -> None:
+    """``fsync`` every file, concurrently; returns when all are durable.
+
+    Sequential fsyncs cost one journal commit each. Issued together, the file system (ext4's
+    jbd2, XFS's log) folds them into a few commits: for a batch of messages written at once,
+    that is most of the cost of group commit gone. Each file is still fsync'd before it is
+    renamed into place; only the waiting is shared.
+    """
+    _in_parallel(fsync_file, list(paths))
+
+
+_POOL_SIZE = 16
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _in_parallel(function: Callable[[Path | str], None], paths: list[Path | str]) -> None:
+    if len(paths) <= 1:
+        for path in paths:
+            function(path)
+        return
+    for future in [_executor().submit(function, path) for path in paths]:
+        future.result()  # the first error propagates, after every fsync was started
+
+
+def _executor() -> ThreadPoolExecutor:
+    """One pool per process (a forked child must not use its parent's threads)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="fsync"))
+        return _pool[1]
 
 
 def temp_name(tmp_dir: Path, suffix: str = "") -> Path:
@@ -61,7 +97,7 @@ def write_temp(tmp_dir: Path, data: bytes, *, sync: bool = True, suffix: str = "
     return path
 
 
-def fsync_file(path: Path) -> None:
+def fsync_file(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -185,8 +185,7 @@ class QueueStore:
 
     def _publish(self, staged: list[tuple[Path, list[Record]]]) -> list[list[Record]]:
         # 1. The raw bytes reach the disk under their Uuid name before any record appears.
-        for raw_tmp, _ in staged:
-            fsutil.fsync_file(raw_tmp)
+        fsutil.fsync_files(raw_tmp for raw_tmp, _ in staged)
         fault_point("enqueue:raw-written")
         for raw_tmp, records in staged:
             os.rename(raw_tmp, self.layout.message_raw(records[0].uuid))
@@ -202,8 +201,7 @@ class QueueStore:
                 json_tmps.append(
                     (fsutil.write_temp(self.layout.tmp, record.to_bytes(), sync=False), record)
                 )
-        for tmp, _ in json_tmps:
-            fsutil.fsync_file(tmp)
+        fsutil.fsync_files(tmp for tmp, _ in json_tmps)
         for tmp, record in json_tmps:
             os.rename(tmp, self.layout.record_json(record.id))
             fault_point("enqueue:record-renamed")
