@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: run test lint venv clean
+.PHONY: run test bench lint venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ run: $(STAMP)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 	$(BIN)/ruff check .
+
+## tmail side by side with Postfix (installed when missing; needs root): docs/benchmarks.md.
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
