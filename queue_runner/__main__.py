@@ -1,4 +1,8 @@
-"""``python -m queue_runner`` (daemon) or ``python -m queue_runner --once`` (cron)."""
+"""``python -m queue_runner`` (daemon) or ``python -m queue_runner --once`` (cron).
+
+The daemon runs TMAIL_RUNNER_PROCESSES worker processes (:mod:`tmail.workers`), each
+delivering its share of the messages (by Uuid); ``--once`` is one process, as cron starts it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from collections.abc import Sequence
 
 from queue_runner.daemon import Daemon
 from queue_runner.delivery import Runner
+from tmail import workers
+from tmail.config import Config
 from tmail.process import start
 
 
@@ -23,20 +29,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return 2
     try:
-        runner = Runner.build(config)
         if args.once:
+            runner = Runner.build(config)
             attempts = runner.run_once()
             runner.shutdown()
             logging.getLogger("queue_runner").info("--once: %d attempt(s)", attempts)
             return 0
-        daemon = Daemon(runner)
-        signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
-        signal.signal(signal.SIGINT, lambda *_: daemon.stop())
-        daemon.run()
+        count = config.runner_processes
+        if count == 1:
+            run_daemon(config, (0, 1))
+        else:
+            workers.supervise(lambda index: run_daemon(config, (index, count)), count)
         return 0
     except OSError as exc:
         print(f"queue_runner: cannot read the queue: {exc}", file=sys.stderr)
         return 1
+
+
+def run_daemon(config: Config, partition: tuple[int, int]) -> None:
+    """One daemon (one worker process): its share of the messages, until SIGTERM."""
+    daemon = Daemon(Runner.build(config, partition=partition))
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop_from_signal())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop_from_signal())
+    daemon.run()
 
 
 if __name__ == "__main__":

@@ -78,15 +78,27 @@ class Daemon:
         self.config = runner.config
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self.signalled = False
         self.notify = NotifyReader(runner.store.layout.notify)
 
     def stop(self) -> None:
+        """Stop from another thread."""
         self.stopping.set()
         self.wake.set()
 
+    def stop_from_signal(self) -> None:
+        """Stop from a signal handler: only a flag, seen within a second by the loop.
+
+        A handler runs in the main thread between two bytecodes, possibly inside
+        ``Event.wait`` with the event's lock held: ``Event.set`` there deadlocks (it did).
+        """
+        self.signalled = True
+
     def run(self) -> None:
         store = self.runner.store
-        store.cleanup(self.config.orphan_grace)
+        housekeeper = self.runner.partition[0] == 0  # one cleaner among the workers
+        if housekeeper:
+            store.cleanup(self.config.orphan_grace)
         self.notify.skip_to_end()  # before the sweep: nothing queued after it is missed
         observer = Observer()
         observer.schedule(_Wake(store.layout.notify.name, self.wake), str(store.layout.root),
@@ -94,16 +106,16 @@ class Daemon:
         observer.start()
         log.info("watching %s", store.layout.notify)
         try:
-            self._loop()
+            self._loop(housekeeper)
         finally:
             observer.stop()
             observer.join()
             self.runner.shutdown()
 
-    def _loop(self) -> None:
+    def _loop(self, housekeeper: bool) -> None:
         _, next_due = self.runner.sweep()
         last_sweep = last_cleanup = time.monotonic()
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not self.signalled:
             until_sweep = self.config.runner_sweep_interval - (time.monotonic() - last_sweep)
             # Wake at least every second while cached SMTP sessions may need closing.
             timeout = min(until_sweep, 1.0)
@@ -111,7 +123,7 @@ class Daemon:
                 timeout = min(timeout, (next_due - now()).total_seconds())
             self.wake.wait(max(0.0, timeout))
             self.wake.clear()
-            if self.stopping.is_set():
+            if self.stopping.is_set() or self.signalled:
                 break
             self.runner.close_idle()
             ids = self.notify.read_new()
@@ -121,6 +133,8 @@ class Daemon:
             if due_passed or time.monotonic() - last_sweep >= self.config.runner_sweep_interval:
                 _, next_due = self.runner.sweep()
                 last_sweep = time.monotonic()
-            if time.monotonic() - last_cleanup >= max(60.0, self.config.orphan_grace / 4):
+            if housekeeper and (
+                time.monotonic() - last_cleanup >= max(60.0, self.config.orphan_grace / 4)
+            ):
                 self.runner.store.cleanup(self.config.orphan_grace)
                 last_cleanup = time.monotonic()

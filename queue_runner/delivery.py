@@ -41,8 +41,12 @@ def backoff(config: Config, failures: int) -> float:
 class Runner:
     def __init__(self, config: Config, store: QueueStore, users: UserStore,
                  smtp: Transport, local: Transport | None = None,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None, partition: tuple[int, int] = (0, 1)) -> None:
+        """``partition`` (index, count): this runner delivers only the messages whose Uuid
+        falls in its share, so that several runner processes split the work without
+        competing for the same claims (and a message's recipients stay together)."""
         self.config = config
+        self.partition = partition
         self.counters = counters or Counters(config.metrics_db)
         self.store = store
         self.users = users
@@ -56,12 +60,14 @@ class Runner:
         self._inflight_lock = threading.Lock()
 
     @classmethod
-    def build(cls, config: Config, smtp: Transport | None = None) -> Runner:
+    def build(cls, config: Config, smtp: Transport | None = None,
+              partition: tuple[int, int] = (0, 1)) -> Runner:
         from queue_runner.routing import DnsResolver
 
         users = UserStore(config.users_db, config.mailboxes_dir, config.default_quota)
         store = QueueStore(config.queue_dir, id_block=16)
-        return cls(config, store, users, smtp or SmtpTransport(config, DnsResolver()))
+        return cls(config, store, users, smtp or SmtpTransport(config, DnsResolver()),
+                   partition=partition)
 
     # --- finding work ------------------------------------------------------------------
 
@@ -96,9 +102,12 @@ class Runner:
     def submit(self, records: list[Record]) -> list[Future[None]]:
         """Group records by message and destination: one SMTP transaction per group."""
         groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
+        index, count = self.partition
         with self._inflight_lock:
             for record in records:
-                if record.id in self._inflight:
+                if record.id in self._inflight or (
+                    count > 1 and int(record.uuid[:8], 16) % count != index
+                ):
                     continue
                 self._inflight.add(record.id)
                 groups[(record.uuid, record.host)].append(record)

@@ -390,3 +390,31 @@ def test_release_and_retry_reach_the_sink_within_a_second(
             assert wait_until(lambda record=record: store.get(record.id) is None, 5)
     finally:
         stop(daemon)
+
+
+def test_daemon_workers_split_the_messages_and_deliver_each_once(
+    tmp_path: Path, sink: Sink
+) -> None:
+    env = tmail_env(tmp_path, TMAIL_ROUTES=sink.route, TMAIL_RUNNER_PROCESSES="3")
+    store = QueueStore(tmail_config.load(env).queue_dir)
+    daemon = start_runner(env, tmp_path / "runner.log")
+    try:
+        def workers() -> list[str]:
+            found = subprocess.run(["pgrep", "-P", str(daemon.pid)], capture_output=True,
+                                   text=True)
+            return found.stdout.split()
+
+        assert wait_until(lambda: len(workers()) == 3), (tmp_path / "runner.log").read_text()
+        for n in range(30):
+            store.enqueue(message(n), "s@sender.test", [f"r{n}@remote.test", f"x{n}@remote.test"])
+        assert wait_until(lambda: len(sink.messages) >= 30, 20)
+        time.sleep(0.5)  # a duplicate would arrive now
+        got = Counter(m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in sink.messages)
+        assert len(got) == 30 and set(got.values()) == {1}  # each message once...
+        assert all(len(m.rcpt_tos) == 2 for m in sink.messages)  # ...with both recipients
+        assert list(store.iter_ids()) == []
+        daemon.terminate()  # SIGTERM: the workers finish and the daemon exits cleanly
+        assert daemon.wait(timeout=10) == 0
+        assert wait_until(lambda: workers() == [], 5)
+    finally:
+        stop(daemon)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from tmail import workers
+
 T = TypeVar("T")
 
 DEFAULT_ADMIN_PASSWORD = "admin"
@@ -59,12 +61,13 @@ class Config:
     hostname: str = field(default_factory=socket.getfqdn)
     smtp_bind: HostPort = HostPort("127.0.0.1", 2525)
     smtp_auth_require_tls: bool = True
-    smtp_processes: int = field(default_factory=lambda: min(os.cpu_count() or 1, 4))
+    smtp_processes: int = field(default_factory=workers.default_count)
     local_domains: tuple[str, ...] = ()
     relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_message_size: int = 26_214_400
     max_recipients: int = 100
     routes: tuple[tuple[str, HostPort], ...] = ()
+    runner_processes: int = field(default_factory=workers.default_count)
     runner_concurrency: int = 20
     runner_destination_concurrency: int = 10
     runner_timeout: float = 60.0
@@ -212,6 +215,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TMAIL_MAX_MESSAGE_SIZE": ("max_message_size", parse_positive_int),
     "TMAIL_MAX_RECIPIENTS": ("max_recipients", parse_positive_int),
     "TMAIL_ROUTES": ("routes", parse_routes),
+    "TMAIL_RUNNER_PROCESSES": ("runner_processes", parse_positive_int),
     "TMAIL_RUNNER_CONCURRENCY": ("runner_concurrency", parse_positive_int),
     "TMAIL_RUNNER_DESTINATION_CONCURRENCY": ("runner_destination_concurrency", parse_positive_int),
     "TMAIL_RUNNER_TIMEOUT": ("runner_timeout", parse_seconds),
