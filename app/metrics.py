@@ -35,7 +35,7 @@ class TmailCollector(Collector):
         records = GaugeMetricFamily("tmail_queue_records", "Queue records by status.",
                                     labels=["status"])
         for status in Status:
-            records.add_metric([status.name.lower()], summary.by_status.get(int(status), 0))
+            records.add_metric([status.name.lower()], summary.by_status[int(status)])
         yield records
         domains = GaugeMetricFamily(
             "tmail_queue_records_by_domain",
@@ -54,8 +54,8 @@ class TmailCollector(Collector):
 def _counter_families(counters: Counters) -> Iterator[Metric]:
     families = {spec.name: CounterMetricFamily(spec.name, spec.help, labels=list(spec.labels))
                 for spec in COUNTERS}
-    for spec, labels, value in counters.read():
-        families[spec.name].add_metric([labels[name] for name in spec.labels], value)
+    for spec, label_values, value in counters.read():
+        families[spec.name].add_metric(label_values, value)
     yield from families.values()
 
 

@@ -30,12 +30,12 @@ log = logging.getLogger("smtp_receiver")
 
 
 async def run(config: tmail_config.Config) -> None:
-    cert, key = ensure_certificate(config)
     store = QueueStore(config.queue_dir, id_block=64)
     committer = GroupCommitter(store)
     users = UserStore(config.users_db, config.mailboxes_dir, config.default_quota)
     handler = ReceiverHandler(config, users, committer)
-    server = await serve(config, handler, tls_context(str(cert), str(key)))
+    context = tls_context(str(config.tls_cert_path), str(config.tls_key_path))
+    server = await serve(config, handler, context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = start("smtp_receiver")
     if config is None:
         return 2
-    ensure_certificate(config)  # once, before the workers start
+    ensure_certificate(config)  # once, before the workers start (they read its files)
     if config.smtp_processes == 1:
         serve_one(config)
     else:

@@ -90,6 +90,12 @@ def start_api(data_dir: Path, **extra: str) -> ApiServer:
                      process)
 
 
+def child_pids(parent: int) -> list[int]:
+    """The processes ``parent`` started (a supervisor's workers)."""
+    found = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:

@@ -22,7 +22,7 @@ import pytest
 from queue_runner.delivery import Runner, backoff
 from queue_runner.routing import NoRecords, NoSuchDomain, RoutingError, destination
 from queue_runner.transports import SmtpTransport
-from tests.conftest import REPO, stop, tmail_env, wait_until
+from tests.conftest import REPO, child_pids, stop, tmail_env, wait_until
 from tests.sink import Script, Sink
 from tmail import config as tmail_config
 from tmail.config import Config, HostPort
@@ -399,12 +399,8 @@ def test_daemon_workers_split_the_messages_and_deliver_each_once(
     store = QueueStore(tmail_config.load(env).queue_dir)
     daemon = start_runner(env, tmp_path / "runner.log")
     try:
-        def workers() -> list[str]:
-            found = subprocess.run(["pgrep", "-P", str(daemon.pid)], capture_output=True,
-                                   text=True)
-            return found.stdout.split()
-
-        assert wait_until(lambda: len(workers()) == 3), (tmp_path / "runner.log").read_text()
+        log = (tmp_path / "runner.log")
+        assert wait_until(lambda: len(child_pids(daemon.pid)) == 3), log.read_text()
         for n in range(30):
             store.enqueue(message(n), "s@sender.test", [f"r{n}@remote.test", f"x{n}@remote.test"])
         assert wait_until(lambda: len(sink.messages) >= 30, 20)
@@ -415,6 +411,6 @@ def test_daemon_workers_split_the_messages_and_deliver_each_once(
         assert list(store.iter_ids()) == []
         daemon.terminate()  # SIGTERM: the workers finish and the daemon exits cleanly
         assert daemon.wait(timeout=10) == 0
-        assert wait_until(lambda: workers() == [], 5)
+        assert wait_until(lambda: child_pids(daemon.pid) == [], 5)
     finally:
         stop(daemon)

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, ApiServer, free_port, stop, tmail_env, wait_until
+from tests.conftest import (
+    REPO,
+    ApiServer,
+    child_pids,
+    free_port,
+    stop,
+    tmail_env,
+    wait_until,
+)
 from tmail import config as tmail_config
 from tmail.queue import QueueStore
 from tmail.users import UserStore
@@ -321,11 +329,6 @@ def test_sendmail_queues_from_a_local_program(tmp_path: Path) -> None:
     assert run_sendmail(env, b"Subject: x\n\ny\n").returncode == 64
 
 
-def _workers(parent: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
-
-
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting for its reaper counts as gone)."""
     try:
@@ -343,17 +346,17 @@ def test_worker_processes_share_the_port_and_are_restarted(tmp_path: Path) -> No
                                         TMAIL_LOCAL_DOMAINS=LOCAL),
                               tmp_path / "receiver.log")
     try:
-        assert wait_until(lambda: len(_workers(receiver.process.pid)) == 2)
-        first = _workers(receiver.process.pid)[0]
+        assert wait_until(lambda: len(child_pids(receiver.process.pid)) == 2)
+        first = child_pids(receiver.process.pid)[0]
         os.kill(first, signal.SIGKILL)  # a worker dies: another takes its place
-        assert wait_until(lambda: first not in _workers(receiver.process.pid)
-                          and len(_workers(receiver.process.pid)) == 2, 10)
+        assert wait_until(lambda: first not in child_pids(receiver.process.pid)
+                          and len(child_pids(receiver.process.pid)) == 2, 10)
         add_users(receiver.env)
         for _ in range(6):  # every connection is answered, whichever worker gets it
             with receiver.smtp() as client:
                 send(client, "s@sender.test", [f"bob@{LOCAL}"])
         assert len(list(receiver.queue.iter_ids())) == 6
-        workers = _workers(receiver.process.pid)
+        workers = child_pids(receiver.process.pid)
         receiver.process.kill()  # even a parent killed outright takes its workers along
         receiver.process.wait()
         assert wait_until(lambda: not any(_alive(pid) for pid in workers), 10)

@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,9 +77,9 @@ class Counters:
         self.path = path
         self.flush_interval = flush_interval
         self._lock = threading.Lock()
-        self._pending: Counter[tuple[str, str]] = Counter()
+        # (name, label values) -> increment; label values are serialized only at flush
+        self._pending: Counter[tuple[str, tuple[str, ...]]] = Counter()
         self._pid = -1  # the flusher thread belongs to one process; a fork starts another
-        self._wake = threading.Event()
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connection() as conn:
             conn.execute(_SCHEMA)
@@ -87,7 +88,7 @@ class Counters:
     def inc(self, spec: CounterSpec, amount: float = 1.0, **labels: str) -> None:
         if set(labels) != set(spec.labels):
             raise ValueError(f"{spec.name} takes labels {spec.labels}, got {sorted(labels)}")
-        key = (spec.name, json.dumps([labels[name] for name in spec.labels]))
+        key = (spec.name, tuple(labels[name] for name in spec.labels))
         with self._lock:
             if self._pid != os.getpid():
                 self._start_flusher()
@@ -108,7 +109,8 @@ class Counters:
                 conn.executemany(
                     "INSERT INTO counters (name, labels, value) VALUES (?, ?, ?)"
                     " ON CONFLICT (name, labels) DO UPDATE SET value = value + excluded.value",
-                    [(name, labels, value) for (name, labels), value in pending.items()],
+                    [(name, json.dumps(list(values)), amount)
+                     for (name, values), amount in pending.items()],
                 )
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -116,15 +118,16 @@ class Counters:
             with self._lock:
                 self._pending.update(pending)
 
-    def read(self) -> Iterator[tuple[CounterSpec, dict[str, str], float]]:
-        """Every counter of every process, pending increments of this one included."""
+    def read(self) -> Iterator[tuple[CounterSpec, list[str], float]]:
+        """Every counter of every process, pending increments of this one included: the spec,
+        the label values (in the spec's order) and the value."""
         self.flush()
         with self._connection() as conn:
             rows = conn.execute("SELECT name, labels, value FROM counters ORDER BY name, labels")
             for name, labels, value in rows.fetchall():
                 spec = _BY_NAME.get(name)
                 if spec is not None:
-                    yield spec, dict(zip(spec.labels, json.loads(labels), strict=True)), value
+                    yield spec, json.loads(labels), value
 
     def _start_flusher(self) -> None:
         self._pid = os.getpid()
@@ -134,7 +137,7 @@ class Counters:
     def _flush_loop(self) -> None:
         pid = self._pid
         while pid == os.getpid():
-            self._wake.wait(self.flush_interval)
+            time.sleep(self.flush_interval)
             self.flush()
 
     @contextlib.contextmanager

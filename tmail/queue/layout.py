@@ -27,7 +27,16 @@ from pathlib import Path
 # Ids are positive and below 2**62, so that the lock offsets (2*Id + 1) fit in an off_t and a
 # file name never gets long: an id outside is simply not found.
 MAX_ID = 2**62
-RECORD_NAME = re.compile(r"^(\d+)\.json$")
+
+
+def valid_id(record_id: int) -> bool:
+    return 0 < record_id <= MAX_ID
+
+
+def record_ids(names: list[str]) -> list[int]:
+    """The ids of the ``<Id>.json`` names among a leaf's entries (no regex per file: this runs
+    for every record of a listing)."""
+    return [int(name[:-5]) for name in names if name.endswith(".json") and name[:-5].isdigit()]
 UUID_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 
 

@@ -38,7 +38,7 @@ from tmail.message import extract_message_id
 from tmail.queue import locks
 from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
-from tmail.queue.layout import MAX_ID, UUID_PATTERN, QueueLayout
+from tmail.queue.layout import UUID_PATTERN, QueueLayout, record_ids, valid_id
 from tmail.queue.record import Record, RecordError, Status, now
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ class QueueStore:
             return None
 
     def _load(self, record_id: int) -> Record | None:
-        if not 0 < record_id <= MAX_ID:
+        if not valid_id(record_id):
             return None
         path = self.layout.record_json(record_id)
         try:
@@ -330,9 +330,7 @@ class QueueStore:
                     names = os.listdir(leaf)
                 except FileNotFoundError:
                     continue
-                # The ``<Id>.json`` names (RECORD_NAME), without a regex call per file.
-                ids = [int(name[:-5]) for name in names
-                       if name.endswith(".json") and name[:-5].isdigit()]
+                ids = record_ids(names)
                 if after:
                     ids = [record_id for record_id in ids if record_id > after]
                 if ids:
@@ -391,7 +389,7 @@ class QueueStore:
                 yield record
 
     def read_raw(self, record_id: int) -> bytes | None:
-        if not 0 < record_id <= MAX_ID:
+        if not valid_id(record_id):
             return None
         try:
             return self.layout.record_raw(record_id).read_bytes()
@@ -426,7 +424,7 @@ class QueueStore:
 
         The claim dies with the process, so a killed runner leaves nothing stuck.
         """
-        if not 0 < record_id <= MAX_ID:
+        if not valid_id(record_id):
             yield None
             return
         try:
