@@ -11,18 +11,21 @@ behind the old. Steps:
    ``locked().write`` as the runner defers them: ``DeliveryFailedCount`` 3, a 4xx
    ``LastError`` and a ``NextDeliveryScheduledAt`` spread over one to two hours from now, so
    that nothing falls due while we measure. fsync is off for the filling only (durability is
-   not what this measures), and one ``sync`` at the end keeps the kernel's write-back out of
-   the figures.
-2. ``python -m queue_runner`` (its default worker processes) starts on that queue, routes
-   to a loopback smtp-sink. Its start-up sweep is timed: until the daemon and its workers
-   use less than 5 % of a core over a second.
-3. ``--pickups`` new messages, one at a time with a short random pause between them, are
+   not what this measures), and one ``sync`` at the end keeps the kernel's write-back of the
+   filling out of the figures.
+2. ``python -m queue_runner`` (its default worker processes) starts on that queue, every
+   domain routed to a loopback smtp-sink, and one new message is enqueued at once: the time
+   until the sink has it is the "first delivery after start" (the start-up sweep first).
+   Then we wait for the daemon and its workers to use less than 5 % of a core over a
+   second, at most as long again (a daemon that never goes idle is reported as such).
+3. ``--pickups`` new messages, one at a time with a random 50-150 ms pause between them, are
    enqueued through the store (fsync on, as the receiver does): the time from the return of
    ``enqueue`` to the sink having the message, polled every 0.5 ms.
 4. The CPU time (utime + stime from ``/proc/<pid>/stat``) of the daemon and all its workers
-   over ``--idle`` seconds with no traffic, as per cent of one core. The window starts at
-   least one start-up sweep's duration after that sweep ended, so that the first periodic
-   sweep (TMAIL_RUNNER_SWEEP_INTERVAL, 60 s by default) falls inside a 60 s window whole.
+   over ``--idle`` seconds with no traffic, as per cent of one core. The window starts a
+   start-up sweep's length after that sweep ended, so that the first periodic sweep
+   (TMAIL_RUNNER_SWEEP_INTERVAL, 60 s by default, after the start-up one) lies inside a
+   60 s window whole.
 
 Traffic: 127.0.0.1 only.
 """

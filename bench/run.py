@@ -345,8 +345,10 @@ def main() -> int:
             rounds.append(one_round(round_dir, args.messages, args.new_messages))
             shutil.rmtree(round_dir, ignore_errors=True)
             print(f"round {number + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        rounds_done = time.monotonic()
         queue, api = queue_figures(base, args.small, args.big, args.users, args.idle,
                                    args.deferred_pickups)
+        queue_done = time.monotonic()
         print("rows 4 and 6 done", file=sys.stderr, flush=True)
         memory = memory_figures(base)
     finally:
@@ -355,8 +357,10 @@ def main() -> int:
                              capture_output=True, text=True, check=False).stdout.strip()
     text = "\n".join([
         f"Last run: {datetime.date.today()}, {os.cpu_count()} cores, Postfix {version}, "
-        f"medians of {args.rounds} rounds, {time.monotonic() - started:.0f} s in all; load "
-        f"average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.",
+        f"medians of {args.rounds} rounds, {time.monotonic() - started:.0f} s in all (rounds "
+        f"{rounds_done - started:.0f} s, rows 4 and 6 {queue_done - rounds_done:.0f} s, of "
+        f"which {queue['fill']:.0f} s filling the queue); load average {load_before:.1f} "
+        f"before, {os.getloadavg()[0]:.1f} after.",
         "",
         table(rounds, api, queue, memory, args),
     ])
