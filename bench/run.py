@@ -1,11 +1,15 @@
 """``make bench``: tmail side by side with Postfix on this machine, in the same run.
 
-    .venv/bin/python -m bench.run [--rounds 3] [--messages 1000] [--big 100000] [--no-write]
+    .venv/bin/python -m bench.run [--rounds 3] [--messages 1000] [--new-messages 500]
+                                  [--big 100000] [--idle 60] [--no-write]
 
-Every figure is the median of ``--rounds`` rounds; within a round tmail and Postfix run one
-after the other on the same disk, with the same load generator (Postfix's smtp-source, 4 KiB
-messages, one connection per session) and the same loopback sink (smtp-sink), so their ratio
-means something on a shared, noisy machine where absolute figures do not. The table is
+Every figure of rows 1-3 and 5 is the median of ``--rounds`` rounds; within a round tmail
+and Postfix run one after the other on the same disk, with the same load generator
+(Postfix's smtp-source, 4 KiB messages, both over reused connections and with one
+connection per message) and the same loopback sink (smtp-sink), so their ratio means
+something on a shared, noisy machine where absolute figures do not. Rows 6 (a big deferred
+queue under the daemon runner, ``bench.deferred``) and 4 (the API, on that same queue)
+follow; row 7 (the receiver's memory) has its place in ``memory_figures``. The table is
 printed and written into docs/benchmarks.md. Needs root (Postfix's master runs as root);
 installs Postfix through scripts/apt-ensure when it is missing. Traffic: 127.0.0.1 only.
 """
