@@ -227,7 +227,8 @@ def main() -> int:
           f"first delivery {figures['first delivery']:.1f} s after start; pickup of new mail (ms, "
           f"{args.pickups} messages): median {figures['pickup median']:.1f}, p99 "
           f"{figures['pickup p99']:.1f}; idle daemon ({figures['workers']:.0f} workers) over "
-          f"{args.idle:.0f} s: {figures['idle cpu']:.1f} % of one core")
+          f"{args.idle:.0f} s: {figures['idle cpu']:.1f} % of one core"
+          f"{'' if figures['quiet'] else ' (it never went idle after its start-up sweep)'}")
     return 0
 
 
