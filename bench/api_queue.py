@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/api_queue.py [--small 100] [--big 100000]
 
-Two queues are filled (records are written by the real store, with fsync turned off for the
-filling only: durability is not what this measures), each served by the real gunicorn over
-HTTPS on loopback. The small queue is the reference for the big one. Traffic: 127.0.0.1 only.
+Two queues of deferred records are filled (``bench.deferred.fill_deferred``: written by the
+real store, with fsync turned off for the filling only: durability is not what this
+measures), each served by the real gunicorn over HTTPS on loopback. The small queue is
+the reference for the big one. Traffic: 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -26,25 +27,8 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.enqueue import BODY  # noqa: E402
-from tmail.queue import Envelope, QueueStore  # noqa: E402
-
-
-def fill(root: Path, count: int) -> None:
-    real_fsync = os.fsync
-    os.fsync = lambda fd: None  # filling only
-    try:
-        store = QueueStore(root, id_block=1000)
-        hosts = [f"d{n}.example" for n in range(50)]
-        done = 0
-        while done < count:
-            batch = min(100, count - done)
-            store.enqueue_many([Envelope(BODY, "a@bench.test",
-                                         [f"r{done + n}@{hosts[(done + n) % 50]}"
-                                          for n in range(batch)])])
-            done += batch
-    finally:
-        os.fsync = real_fsync
+from bench.deferred import fill_deferred  # noqa: E402
+from tmail.queue import QueueStore  # noqa: E402
 
 
 def serve(data: Path) -> tuple[subprocess.Popen[bytes], str, requests.Session]:
@@ -89,7 +73,9 @@ def workers(master: int) -> list[int]:
 def measure(data: Path, count: int) -> dict[str, float]:
     proc, base, session = serve(data)
     try:
-        ids = random.Random(1).sample(range(1, count + 1), min(300, count))
+        present = list(QueueStore(data / "queue").iter_ids())
+        assert len(present) >= count, f"{len(present)} records, {count} expected"
+        ids = random.Random(1).sample(present, min(300, len(present)))
         timings = []
         for record_id in ids:
             started = time.perf_counter()
@@ -127,7 +113,7 @@ def main() -> int:
         results = {}
         for label, count in (("small", args.small), ("big", args.big)):
             data = base / label
-            fill(data / "queue", count)
+            fill_deferred(data / "queue", count)
             results[count] = measure(data, count)
     finally:
         shutil.rmtree(base, ignore_errors=True)
