@@ -46,9 +46,13 @@ class GroupCommitter:
                         if not future.done():
                             future.set_exception(exc)
                 else:
-                    for (_, future), records in zip(batch, results, strict=True):
-                        if not future.done():
-                            future.set_result(records)
+                    for (_, future), outcome in zip(batch, results, strict=True):
+                        if future.done():
+                            continue
+                        if isinstance(outcome, Exception):
+                            future.set_exception(outcome)
+                        else:
+                            future.set_result(outcome)
         finally:
             self._flusher = None
 

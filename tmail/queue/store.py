@@ -19,10 +19,8 @@ Crash safety rests on three rules:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,29 +32,15 @@ import orjson
 
 from tmail import fsutil
 from tmail.faults import fault_point
-from tmail.message import extract_message_id
 from tmail.queue import locks
+from tmail.queue.enqueue import Enqueuer, Envelope
 from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
 from tmail.queue.layout import UUID_PATTERN, QueueLayout, record_ids, valid_id
 from tmail.queue.record import Record, RecordError, Status, now
+from tmail.queue.spool import Spool
 
 log = logging.getLogger(__name__)
-
-
-class QueueWriteError(OSError):
-    """The queue could not store a message; nothing of it is visible (the caller says 451)."""
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What the SMTP receiver (or ``sendmail``) hands to :meth:`QueueStore.enqueue_many`."""
-
-    raw: bytes
-    mail_from: str
-    rcpt_to: Sequence[str]
-    auth_user: str = ""
-    client_addr: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,10 +49,6 @@ class QuarantinedRecord:
     path: Path
     reason: str
     quarantined_at: datetime
-
-
-def host_of(address: str) -> str:
-    return address.rpartition("@")[2].lower()
 
 
 class LockedRecord:
@@ -115,6 +95,7 @@ class QueueStore:
         self._ids = IdAllocator(self.layout.counter, block=id_block)
         self._dir_mutex = threading.Lock()
         self._known_dirs: set[Path] = set()
+        self._enqueuer = Enqueuer(self.layout, self._ids, self._ensure_dir, self._notify)
 
     def _create_message_dirs(self) -> None:
         """Create the 4,096 ``messages/`` leaves once; the last one created marks completion."""
@@ -130,95 +111,34 @@ class QueueStore:
 
     def enqueue(
         self,
-        raw: bytes,
+        raw: bytes | Spool,
         mail_from: str,
         rcpt_to: Sequence[str],
         *,
         auth_user: str = "",
         client_addr: str = "",
     ) -> list[Record]:
-        """Store one message for its recipients; durable when this returns."""
-        return self.enqueue_many([Envelope(raw, mail_from, rcpt_to, auth_user, client_addr)])[0]
+        """Store one message for its recipients; durable when this returns, or raises."""
+        [outcome] = self.enqueue_many([Envelope(raw, mail_from, rcpt_to, auth_user,
+                                                client_addr)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-    def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[list[Record]]:
+    def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[list[Record] | Exception]:
         """Store several messages with one round of ``fsync``s (group commit).
 
-        Either every message of the batch is durable and visible when this returns, or an
-        exception is raised and none of them is visible.
+        Returns one outcome per envelope, in order: its records, durable and visible, or the
+        exception that failed that message alone (:class:`QueueWriteError` for a write
+        error, :class:`EnvelopeError` for data a record cannot hold). Nothing of a failed
+        message stays in the queue tree, whatever the exception (see ``enqueue.py``).
         """
-        if any(not envelope.rcpt_to for envelope in envelopes):
-            raise ValueError("a message needs at least one recipient")
-        ids = iter(self._ids.allocate(sum(len(e.rcpt_to) for e in envelopes)))
-        staged: list[tuple[Path, list[Record]]] = []
-        try:
-            for envelope in envelopes:
-                raw_tmp = fsutil.write_temp(self.layout.tmp, envelope.raw, sync=False)
-                staged.append((raw_tmp, self._new_records(envelope, ids)))
-            return self._publish(staged)
-        except OSError as exc:
-            self._unstage(staged)
-            raise QueueWriteError(exc.errno, f"cannot write to the queue: {exc}") from exc
+        return self._enqueuer.enqueue_many(envelopes)
 
-    def _new_records(self, envelope: Envelope, ids: Iterator[int]) -> list[Record]:
-        uuid = secrets.token_hex(20)
-        key = hashlib.sha1(envelope.raw).hexdigest()
-        message_id = extract_message_id(envelope.raw)
-        moment = now()
-        return [
-            Record(
-                id=next(ids),
-                uuid=uuid,
-                key=key,
-                mail_from=envelope.mail_from,
-                auth_user=envelope.auth_user,
-                rcpt_to=rcpt,
-                message_id=message_id,
-                host=host_of(rcpt),
-                added_at=moment,
-                next_delivery_at=moment,
-                status=Status.SCHEDULED,
-                size=len(envelope.raw),
-                client_addr=envelope.client_addr,
-            )
-            for rcpt in envelope.rcpt_to
-        ]
-
-    def _publish(self, staged: list[tuple[Path, list[Record]]]) -> list[list[Record]]:
-        # 1. The raw bytes reach the disk under their Uuid name before any record appears.
-        fsutil.fsync_files(raw_tmp for raw_tmp, _ in staged)
-        fault_point("enqueue:raw-written")
-        for raw_tmp, records in staged:
-            os.rename(raw_tmp, self.layout.message_raw(records[0].uuid))
-        fsutil.fsync_dirs(self.layout.message_dir(records[0].uuid) for _, records in staged)
-        fault_point("enqueue:raw-linked")
-        # 2. Each record gets its link to the raw file, then appears by one rename. A crash
-        #    between the two leaves a record without its link: ``_relink`` repairs it.
-        json_tmps = []
-        for _, records in staged:
-            for record in records:
-                self._ensure_dir(self.layout.record_dir(record.id))
-                os.link(self.layout.message_raw(record.uuid), self.layout.record_raw(record.id))
-                json_tmps.append(
-                    (fsutil.write_temp(self.layout.tmp, record.to_bytes(), sync=False), record)
-                )
-        fsutil.fsync_files(tmp for tmp, _ in json_tmps)
-        for tmp, record in json_tmps:
-            os.rename(tmp, self.layout.record_json(record.id))
-            fault_point("enqueue:record-renamed")
-        fsutil.fsync_dirs(self.layout.record_dir(record.id) for _, record in json_tmps)
-        self._notify([record.id for _, record in json_tmps])
-        return [records for _, records in staged]
-
-    def _unstage(self, staged: list[tuple[Path, list[Record]]]) -> None:
-        """Undo a failed enqueue: no record of the batch may stay visible."""
-        for raw_tmp, records in staged:
-            for record in records:
-                for path in (self.layout.record_json(record.id), self.layout.record_raw(record.id)):
-                    with contextlib.suppress(OSError):
-                        fsutil.unlink_quietly(path)
-            for path in (raw_tmp, self.layout.message_raw(records[0].uuid)):
-                with contextlib.suppress(OSError):
-                    fsutil.unlink_quietly(path)
+    def spool(self) -> Spool:
+        """A temp file in ``tmp/`` to write an arriving message into; pass it as an
+        :class:`Envelope`'s ``raw`` to enqueue it without a copy."""
+        return Spool(self.layout.tmp)
 
     def _ensure_dir(self, path: Path) -> None:
         if path in self._known_dirs:
