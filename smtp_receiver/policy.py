@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from dataclasses import dataclass
 
+from smtp_receiver.limits import in_networks
+from tmail.address import Address
 from tmail.config import Config
 from tmail.users import UserStore
 
@@ -38,20 +39,17 @@ class RecipientPolicy:
             self._domains_at = now
         return self._domains
 
-    def check(self, rcpt: str, client_ip: str, relay_user: bool) -> Refusal | None:
-        domain = rcpt.rpartition("@")[2].lower()
-        if domain in self.local_domains():
-            if self._users.find_mailbox(rcpt) is None:
+    def check(self, rcpt: Address, client_ip: str, relay_user: bool) -> Refusal | None:
+        """``None`` to accept ``rcpt``. Blocking (SQLite): call it from a worker thread."""
+        domains = self.local_domains()
+        if rcpt.domain in domains or rcpt.ascii_domain in domains:
+            if self._users.find_mailbox(str(rcpt)) is None:
                 return Refusal(550, f"5.1.1 <{rcpt}>: Recipient address rejected: "
                                     "User unknown in local recipient table", "unknown_user")
             return None
-        if relay_user or self._in_relay_networks(client_ip):
+        if relay_user or self.in_relay_networks(client_ip):
             return None
         return Refusal(554, f"5.7.1 <{rcpt}>: Relay access denied", "relay_denied")
 
-    def _in_relay_networks(self, client_ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self._config.relay_networks)
+    def in_relay_networks(self, client_ip: str) -> bool:
+        return in_networks(client_ip, self._config.relay_networks)
