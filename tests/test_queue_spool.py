@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.filesystems import small_tmpfs
 from tmail.queue import Envelope, QueueStore, QueueWriteError
 
 HEADERS = b"Received: from x\r\nMessage-ID: <spool@example.org>\r\nSubject: big\r\n\r\n"
@@ -72,30 +72,16 @@ def test_failed_enqueue_consumes_the_spool(store: QueueStore) -> None:
     assert list(store.iter_ids()) == []
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 1 MiB tmpfs: a real file system that fills up."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_write_on_a_full_file_system_raises_with_its_errno(small_fs: Path) -> None:
-    store = QueueStore(small_fs / "queue")
-    spool = store.spool()
-    with pytest.raises(QueueWriteError) as failure:
-        for _ in range(40):
-            spool.write(b"x" * 65_536)
-    assert failure.value.errno == errno.ENOSPC
-    spool.discard()
-    assert spool_files(store) == []
+def test_write_on_a_full_file_system_raises_with_its_errno(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path) as small_fs:
+        store = QueueStore(small_fs / "queue")
+        spool = store.spool()
+        with pytest.raises(QueueWriteError) as failure:
+            for _ in range(40):
+                spool.write(b"x" * 65_536)
+        assert failure.value.errno == errno.ENOSPC
+        spool.discard()
+        assert spool_files(store) == []
 
 
 def test_spool_left_by_a_crash_is_removed_by_cleanup(store: QueueStore) -> None:

@@ -126,8 +126,8 @@ def fsync_file(path: Path | str) -> None:
 def replace_atomically(path: Path, data: bytes, tmp_dir: Path) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old content or the new one."""
     tmp = write_temp(tmp_dir, data)
-    fault_point("replace:temp-written")
     try:
+        fault_point("replace:temp-written")
         os.rename(tmp, path)
     except BaseException:
         unlink_quietly(tmp)
