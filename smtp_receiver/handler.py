@@ -172,6 +172,8 @@ class ReceiverHandler:
                 state.client_ip))
         except OSError as exc:  # QueueWriteError; anything else goes to handle_exception
             return self._refuse_content(server, state, envelope, "queue_error", exc)
+        finally:
+            received.spool.discard()  # a no-op once the store took it (cancelled: not yet)
         state.message_accepted()
         self.counters.inc(SMTP_MESSAGES, result="accepted", reason="")
         uuid = records[0].uuid

@@ -323,3 +323,31 @@ def test_the_fast_address_parser_agrees_with_aiosmtpd(arg: str) -> None:
     fast, reference = TmailSMTP.__new__(TmailSMTP), SMTP.__new__(SMTP)
     fast.local_part_limit = reference.local_part_limit = 64
     assert fast._getaddr(arg) == reference._getaddr(arg)
+
+
+def test_a_domain_created_through_the_api_receives_mail_at_once(
+    receiver: Receiver, api: ApiServer
+) -> None:
+    with receiver.smtp() as client:
+        client.ehlo()
+        client.mail("sender@elsewhere.org")
+        assert client.rcpt(f"bob@{LOCAL}")[0] == 250  # the receiver knows its domains now
+        created = api.session.post(api.url("/users/catchall@new-api.example"), json={
+            "passwd": "password1", "haveMailbox": True, "isCatchall": True})
+        assert created.status_code == 201, created.text
+        assert client.rcpt("anyone@new-api.example")[0] == 250
+
+
+def test_a_user_created_with_the_cli_receives_mail_at_once(receiver: Receiver) -> None:
+    with receiver.smtp() as client:
+        client.ehlo()
+        client.mail("sender@elsewhere.org")
+        assert client.rcpt(f"bob@{LOCAL}")[0] == 250
+        done = subprocess.run(
+            [sys.executable, "-m", "tmail", "users", "add", "carol@new-cli.example",
+             "--password", "password1", "--mailbox"],
+            cwd=REPO, env=receiver.env, capture_output=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert client.rcpt("carol@new-cli.example")[0] == 250
+        assert client.rcpt("Carol@NEW-CLI.example")[0] == 250
+        assert client.rcpt("dave@new-cli.example")[0] == 550
