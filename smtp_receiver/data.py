@@ -151,7 +151,9 @@ class HeaderBlock:
             return
         self.complete = True
         end = 0 if self._buffer.startswith(b"\r\n") else self._buffer.find(b"\r\n\r\n")
-        block = bytes(self._buffer[: end if end != -1 else self._limit])
+        if end == -1 or end > self._limit:  # no empty line within the limit: the block
+            end = self._buffer.rfind(b"\r\n", 0, self._limit)  # ends at the last line end
+        block = bytes(self._buffer[:max(end, 0)])
         self._names = [line.partition(b":")[0].strip().lower()
                        for line in block.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
 

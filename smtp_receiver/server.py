@@ -130,6 +130,8 @@ class TmailSMTP(SMTP):
                 return
             self._admitted = True
             self.state = SessionState(ip)
+        elif self.state is not None:  # STARTTLS: forget what the client said in clear text
+            self.state.forget_transaction_and_auth()  # (RFC 3207 §4.2, as aiosmtpd does)
         super().connection_made(transport)
         if not isinstance(self._reader, CommandReader):
             self._reader = CommandReader(self._reader, self.config.smtp_timeout,
@@ -252,6 +254,11 @@ class TmailSMTP(SMTP):
         try:
             status = await self.handler.receive_message(
                 self, self.session, self.envelope, wire_chunks(reader, deadline))
+        except Exception:
+            # Maybe in the middle of the message: what follows must not be read as commands.
+            assert self.state is not None
+            self.state.hang_up = True
+            raise
         finally:
             self._set_post_data_state()
         await self.push(status)

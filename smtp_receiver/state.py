@@ -24,6 +24,9 @@ class SessionState:
     smtputf8: bool = False  # the current transaction asked for SMTPUTF8 (RFC 6531)
     hang_up: bool = False  # close the connection once the next reply is sent
 
+    def forget_transaction_and_auth(self) -> None:
+        self.auth_login, self.auth_relay, self.smtputf8 = "", False, False
+
     def message_accepted(self) -> None:
         self.errors = 0
         self.junk = 0

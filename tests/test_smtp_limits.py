@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import base64
 import select
+import smtplib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import stop, tmail_env, wait_until
 from tests.smtp_helpers import LOCAL, RawClient, Receiver, add_users, start_receiver
+from tmail import config as tmail_config
 
 TIMEOUT = 3.0
 
@@ -156,3 +159,33 @@ def test_auth_failures_are_counted_per_client_ip_across_sessions(tight: Receiver
     with greeting_when_free(tight, "127.0.0.82") as other:
         other.command(b"EHLO other.test")
         assert auth_plain(other, b"password1").startswith(b"235 2.7.0")
+
+
+def test_starttls_forgets_an_authentication_made_in_clear_text(tight: Receiver) -> None:
+    """RFC 3207 §4.2: after STARTTLS the server discards what it knew, AUTH included."""
+    with smtplib.SMTP("127.0.0.1", tight.port, local_hostname="tls.test", timeout=10,
+                      source_address=("127.0.0.91", 0)) as client:
+        client.ehlo()
+        client.login(f"alice@{LOCAL}", "password1")  # alice may relay
+        client.mail("alice@" + LOCAL)
+        assert client.rcpt("someone@remote.example")[0] == 250
+        client.rset()
+        client.starttls(context=tight.tls())
+        client.ehlo()
+        client.mail("alice@" + LOCAL)
+        assert client.rcpt("someone@remote.example")[0] == 554
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("TMAIL_SMTP_SMTPUTF8", "maybe"), ("TMAIL_SMTP_BARE_NEWLINE", "accept"),
+    ("TMAIL_MAX_HOPS", "0"), ("TMAIL_SMTP_MAX_SESSIONS", "-1"),
+    ("TMAIL_SMTP_MAX_SESSIONS_PER_IP", "x"), ("TMAIL_SMTP_TIMEOUT", "0"),
+    ("TMAIL_SMTP_MIN_DATA_RATE", "0"), ("TMAIL_SMTP_HARD_ERROR_LIMIT", "0"),
+    ("TMAIL_SMTP_JUNK_COMMAND_LIMIT", ""), ("TMAIL_SMTP_REJECTED_RCPT_LIMIT", "1.5"),
+    ("TMAIL_SMTP_AUTH_FAILURE_LIMIT", "0"), ("TMAIL_SMTP_AUTH_FAILURE_WINDOW", "-5"),
+])
+def test_a_bad_receiver_setting_is_refused_by_name(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    with pytest.raises(tmail_config.ConfigError, match=variable):
+        tmail_config.load(tmail_env(tmp_path, **{variable: value}))
