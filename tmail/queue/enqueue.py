@@ -118,7 +118,12 @@ class Enqueuer:
             ready = [(index, raw) for index, raw in enumerate(files) if raw is not None]
             ids = iter(self._allocate(envelopes, ready, outcomes))
             for index, raw in ready:
-                item = _Staged(index, raw, self._new_records(envelopes[index], raw, ids))
+                try:
+                    item = _Staged(index, raw, self._new_records(envelopes[index], raw, ids))
+                except Exception as exc:
+                    fsutil.unlink_quietly(raw.path)
+                    outcomes[index] = _as_outcome(exc)
+                    continue
                 staged.append(item)
                 self._step([item], self._write_records)
             self._publish([item for item in staged if item.error is None])
