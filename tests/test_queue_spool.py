@@ -80,8 +80,12 @@ def test_write_on_a_full_file_system_raises_with_its_errno(tmp_path: Path) -> No
             for _ in range(40):
                 spool.write(b"x" * 65_536)
         assert failure.value.errno == errno.ENOSPC
+        with pytest.raises(QueueWriteError):  # a spool with a hole in it stays refused
+            spool.write(b"y")
+        [outcome] = store.enqueue_many([Envelope(spool, "a@b.org", ["x@y.org"])])
+        assert isinstance(outcome, QueueWriteError) and outcome.errno == errno.ENOSPC
+        assert spool_files(store) == [] and list(store.iter_ids()) == []
         spool.discard()
-        assert spool_files(store) == []
 
 
 def test_spool_left_by_a_crash_is_removed_by_cleanup(store: QueueStore) -> None:

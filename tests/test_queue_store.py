@@ -329,3 +329,29 @@ def test_an_8bit_message_id_is_stored_readably(store: QueueStore) -> None:
     [record] = store.enqueue(raw, "a@b.org", ["x@y.org"])
     assert record.message_id == "\ufffd\ufffd@x.org"
     assert store.get(record.id) == record
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda data: data.pop("Host"), "Host is missing"),
+        (lambda data: data.update(Status="2"), "Status is missing or not int"),
+        (lambda data: data.update(Status=9), "unknown Status 9"),
+        (lambda data: data.update(AddedAt="yesterday"), "AddedAt"),
+        (lambda data: data.update(Size=None), "Size is not int"),
+    ],
+    ids=["missing-key", "mistyped", "unknown-status", "bad-time", "mistyped-extension"],
+)
+def test_every_reader_quarantines_the_same_bad_records(store: QueueStore, change, reason) -> None:  # type: ignore[no-untyped-def]
+    from tmail.queue.summary import summarize
+
+    store.enqueue(RAW, "a@b.org", ["x@y.org", "z@y.org"])
+    data = json.loads(store.layout.record_json(2).read_bytes())
+    change(data)
+    store.layout.record_json(2).write_text(json.dumps(data))
+
+    assert [data["Id"] for data, _ in store.iter_raw_records()] == [1]  # the listing's path
+    assert sum(summarize(store).total) == 1
+    [quarantined] = store.quarantined()
+    assert quarantined.id == 2 and reason in quarantined.reason
+    assert [r.id for r in store.iter_records()] == [1] and store.get(2) is None

@@ -52,17 +52,32 @@ def parse_headers(raw: bytes):  # type: ignore[no-untyped-def]
     return BytesHeaderParser(policy=compat32).parsebytes(header_block(raw))
 
 
+def first_field(raw: bytes, name: str) -> bytes | None:
+    """The value of the first ``name`` field of the header block, unfolded, as the bytes the
+    client sent (the email package would turn an 8-bit value into replacement characters)."""
+    wanted = name.lower().encode() + b":"
+    value: bytes | None = None
+    for line in header_block(raw).splitlines():
+        if value is not None:
+            if line[:1] not in (b" ", b"\t"):
+                break
+            value += b" " + line.strip()
+        elif line[: len(wanted)].lower() == wanted:
+            value = line[len(wanted):].strip()
+    return value
+
+
 def extract_message_id(raw: bytes) -> str:
     """The Message-ID without angle brackets (as tmail's API shows it), or ``""``.
 
     The value is made storable whatever the client sent: 8-bit bytes are read as UTF-8
-    (invalid sequences replaced), and folding or control characters are dropped.
+    (invalid sequences replaced), folding and control characters are dropped.
     """
-    value = parse_headers(raw).get("Message-ID")
+    value = first_field(raw, "Message-ID")
     if value is None:
         return ""
-    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    text = "".join(ch for ch in text if ch.isprintable() or ch == " ")
+    text = value.decode("utf-8", "replace")
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
     return " ".join(text.split()).strip("<> ")
 
 

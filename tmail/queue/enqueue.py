@@ -118,7 +118,12 @@ class Enqueuer:
             ready = [(index, raw) for index, raw in enumerate(files) if raw is not None]
             ids = iter(self._allocate(envelopes, ready, outcomes))
             for index, raw in ready:
-                item = _Staged(index, raw, self._new_records(envelopes[index], raw, ids))
+                try:
+                    item = _Staged(index, raw, self._new_records(envelopes[index], raw, ids))
+                except Exception as exc:
+                    _remove(raw.path)
+                    outcomes[index] = _as_outcome(exc)
+                    continue
                 staged.append(item)
                 self._step([item], self._write_records)
             self._publish([item for item in staged if item.error is None])
@@ -157,7 +162,7 @@ class Enqueuer:
             return self._ids.allocate(sum(len(envelopes[index].rcpt_to) for index, _ in ready))
         except Exception as exc:
             for index, raw in ready:
-                fsutil.unlink_quietly(raw.path)
+                _remove(raw.path)
                 outcomes[index] = _as_outcome(exc)
             ready.clear()
             return []
@@ -257,8 +262,12 @@ class Enqueuer:
                               self.layout.record_raw(record.id))]
         paths += [*item.json_tmps, item.raw.path, self.layout.message_raw(item.uuid)]
         for path in paths:
-            with contextlib.suppress(OSError):  # what cannot go now, cleanup() takes later
-                fsutil.unlink_quietly(path)
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):  # what cannot go now, cleanup() takes later
+        fsutil.unlink_quietly(path)
 
 
 def _charge(live: list[_Staged], paths: Callable[[_Staged], list[Path]],

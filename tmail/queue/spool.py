@@ -52,6 +52,7 @@ class Spool:
         self._size = 0
         self._headers = bytearray()
         self._headers_done = False
+        self._failed: QueueWriteError | None = None  # a failed write: the file is not whole
 
     @property
     def size(self) -> int:
@@ -62,6 +63,8 @@ class Spool:
         """Append ``data``; raises :class:`QueueWriteError` (``errno`` kept) on failure."""
         if self._fd is None:
             raise ValueError("write to a spool that was discarded or enqueued")
+        if self._failed is not None:
+            raise self._failed
         self._sha1.update(data)
         self._size += len(data)
         if not self._headers_done:
@@ -86,6 +89,8 @@ class Spool:
         if self._fd is None or self._path is None:
             raise ValueError("this spool was already discarded or enqueued")
         try:
+            if self._failed is not None:
+                raise self._failed  # never queue a message with a hole in it
             self._flush()
         except BaseException:
             self.discard()
@@ -118,7 +123,8 @@ class Spool:
             while view:
                 view = view[os.write(self._fd, view):]
         except OSError as exc:
-            raise _write_error(exc) from exc
+            self._failed = _write_error(exc)
+            raise self._failed from exc
 
     def _close(self) -> None:
         if self._fd is not None:
