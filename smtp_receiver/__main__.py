@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ async def run(config: tmail_config.Config) -> None:
     store = QueueStore(config.queue_dir, id_block=64)
     committer = GroupCommitter(store)
     users = UserStore(config.users_db, config.mailboxes_dir, config.default_quota)
-    handler = ReceiverHandler(config, users, committer)
+    handler = ReceiverHandler(config, users, store, committer)
     context = tls_context(str(config.tls_cert_path), str(config.tls_key_path))
     server = await serve(config, handler, context)
     stop = asyncio.Event()
@@ -49,6 +50,19 @@ async def run(config: tmail_config.Config) -> None:
     log.info("stopped")
 
 
+def raise_fd_limit(config: tmail_config.Config) -> None:
+    """Each session holds a socket (and, in DATA, a spool file): make sure the soft limit on
+    open files allows TMAIL_SMTP_MAX_SESSIONS of them, as far as the hard limit lets us."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * config.smtp_max_sessions + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < wanted:
+            log.warning("open files limited to %d: fewer than TMAIL_SMTP_MAX_SESSIONS=%d "
+                        "sessions may be served", new, config.smtp_max_sessions)
+
+
 def serve_one(config: tmail_config.Config) -> None:
     """One worker: one event loop. (uvloop was tried: no gain measurable over the noise here,
     as the time goes to SMTP parsing in Python and to the queue's file work.)"""
@@ -59,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = start("smtp_receiver")
     if config is None:
         return 2
+    raise_fd_limit(config)
     ensure_certificate(config)  # once, before the workers start (they read its files)
     if config.smtp_processes == 1:
         serve_one(config)

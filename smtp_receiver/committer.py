@@ -4,6 +4,11 @@ Each SMTP session awaits :meth:`GroupCommitter.submit` and is answered only once
 message is durable. While one batch is being written (in a worker thread, off the event
 loop), the messages of other sessions pile up and become the next batch, so under load the
 cost of the fsyncs is spread over every message that arrived in those few milliseconds.
+
+Each message keeps its own outcome: one that cannot be stored fails its own session only.
+And the work in hand is bounded: beyond ``max_pending`` messages submitted and not yet
+written, :meth:`submit` waits for room, so a flood slows clients down instead of growing
+the receiver's memory without end.
 """
 
 from __future__ import annotations
@@ -13,22 +18,52 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tmail.queue import Envelope, QueueStore, Record
 
+MAX_BATCH = 128
+MAX_PENDING = 2 * MAX_BATCH  # one batch being written, one filling up
+
 
 class GroupCommitter:
-    def __init__(self, store: QueueStore, max_batch: int = 128) -> None:
+    def __init__(self, store: QueueStore, max_batch: int = MAX_BATCH,
+                 max_pending: int = MAX_PENDING) -> None:
+        if max_batch < 1 or max_pending < 1:
+            raise ValueError(f"max_batch ({max_batch}) and max_pending ({max_pending}) "
+                             "must be at least 1")
         self._store = store
         self._max_batch = max_batch
+        self._max_pending = max_pending
         self._pending: list[tuple[Envelope, asyncio.Future[list[Record]]]] = []
+        self._in_hand = 0  # submitted and not answered yet: waiting or being written
+        self._room: asyncio.Condition | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-commit")
         self._flusher: asyncio.Task[None] | None = None
 
+    @property
+    def pending(self) -> int:
+        """Messages submitted and not yet answered (at most ``max_pending``)."""
+        return self._in_hand
+
     async def submit(self, envelope: Envelope) -> list[Record]:
-        """Queue ``envelope``; returns its records once durable, or raises the write error."""
+        """Queue ``envelope``; returns its records once durable, or raises this message's own
+        error: :class:`QueueWriteError` (errno kept) when it could not be written, the
+        original exception (e.g. :class:`EnvelopeError`) for anything else.
+
+        Waits first while ``max_pending`` messages are in hand. A ``raw`` spool is consumed
+        once the message is in hand, whatever the outcome (also if the caller is cancelled).
+        """
+        room = self._condition()
+        async with room:
+            await room.wait_for(lambda: self._in_hand < self._max_pending)
+            self._in_hand += 1
         future: asyncio.Future[list[Record]] = asyncio.get_running_loop().create_future()
         self._pending.append((envelope, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         return await asyncio.shield(future)
+
+    def _condition(self) -> asyncio.Condition:
+        if self._room is None:  # created in the event loop that uses it
+            self._room = asyncio.Condition()
+        return self._room
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -41,16 +76,24 @@ class GroupCommitter:
                     results = await loop.run_in_executor(
                         self._executor, self._store.enqueue_many, envelopes
                     )
-                except Exception as exc:  # every session of the batch answers 451
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    for (_, future), records in zip(batch, results, strict=True):
-                        if not future.done():
-                            future.set_result(records)
+                except Exception as exc:  # a bug in the store: no session may hang on it
+                    results = [exc] * len(batch)
+                for (_, future), outcome in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+                await self._release(len(batch))
         finally:
             self._flusher = None
+
+    async def _release(self, count: int) -> None:
+        room = self._condition()
+        async with room:
+            self._in_hand -= count
+            room.notify(count)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

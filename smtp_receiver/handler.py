@@ -1,34 +1,50 @@
-"""The aiosmtpd handler: recipients are checked at RCPT, mail is queued at DATA, and ``250``
-is sent only once the message is durable in the queue (``451`` when it cannot be)."""
+"""The aiosmtpd handler: the client is checked at HELO, recipients at RCPT, and ``250`` is
+sent at the end of DATA only once the message is durable in the queue.
+
+Every SQLite call (AUTH, the recipient policy) runs in a worker thread, never on the event
+loop that serves every session of the process.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
+import errno
 import logging
+from collections.abc import AsyncIterator
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from smtp_receiver.auth import Authenticator
+from smtp_receiver.checks import parse_address, printable, valid_helo
 from smtp_receiver.committer import GroupCommitter
+from smtp_receiver.data import Framer, HeaderBlock, MessageWriter, receive
+from smtp_receiver.limits import AuthFailures
 from smtp_receiver.policy import RecipientPolicy
+from smtp_receiver.state import SessionState
 from smtp_receiver.trace import protocol, received_header
 from tmail.config import Config
-from tmail.message import format_date, has_header, new_message_id, prepend_header
+from tmail.message import format_date, new_message_id
 from tmail.metrics import SMTP_MESSAGES, Counters
 from tmail.queue import Envelope as QueueEnvelope
+from tmail.queue import QueueStore
 from tmail.users import UserStore
 
 log = logging.getLogger("smtp_receiver")
 
+# A refused message, by ContentError reason: the reply (given after the final dot).
+_CONTENT_REPLIES = {
+    "too_big": "552 5.3.4 Message size exceeds fixed limit",
+    "bare_newline": "550 5.5.2 Error: bare <CR> or <LF> received",
+    "line_too_long": "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)",
+    "too_many_hops": "554 5.4.6 Too many hops",
+}
+_STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT}
 
-def _valid_address(address: str) -> bool:
-    local, at, domain = address.rpartition("@")
-    return bool(at and local and domain and "." in domain.strip(".") and " " not in address)
 
-
-def _client_ip(session: Session) -> str:
-    return str(session.peer[0]) if isinstance(session.peer, tuple) else str(session.peer)
+def _state(server: SMTP) -> SessionState:
+    state = getattr(server, "state", None)
+    assert isinstance(state, SessionState)
+    return state
 
 
 class ReceiverHandler:
@@ -36,155 +52,180 @@ class ReceiverHandler:
         self,
         config: Config,
         users: UserStore,
+        store: QueueStore,
         committer: GroupCommitter,
         *,
         login_failure_delay: float = 1.0,
-        max_auth_failures: int = 3,
         counters: Counters | None = None,
     ) -> None:
         self.config = config
         self.counters = counters or Counters(config.metrics_db)
-        self.users = users
+        self.store = store
         self.policy = RecipientPolicy(config, users)
         self.committer = committer
         # (no attribute may start with "auth_": aiosmtpd takes those for AUTH mechanisms)
-        self.login_failure_delay = login_failure_delay
-        self.max_auth_failures = max_auth_failures
+        self.authenticator = Authenticator(
+            users, AuthFailures(config.smtp_auth_failure_limit, config.smtp_auth_failure_window),
+            failure_delay=login_failure_delay)
 
     # --- greeting and authentication -----------------------------------------------------
 
+    async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str) -> str:
+        if not valid_helo(hostname):
+            session.host_name = None
+            return "501 5.5.2 Invalid HELO hostname"
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
+        if not valid_helo(hostname):
+            session.host_name = None
+            return ["501 5.5.2 Invalid EHLO hostname"]
         session.host_name = hostname
+        if not self.config.smtp_smtputf8:
+            responses = [line for line in responses if line != "250-SMTPUTF8"]
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_AUTH(self, server: SMTP, session: Session, envelope: Envelope,
                           args: list[str]) -> str | None:
-        """PLAIN and LOGIN, with bcrypt off the event loop and a delay after each failure."""
-        credentials = await self._read_credentials(server, args)
-        if credentials is None:
-            return "501 5.5.2 Cannot decode response"
-        login, password = credentials
-        loop = asyncio.get_running_loop()
-        user = await loop.run_in_executor(None, self.users.authenticate, login, password)
-        if user is not None:
+        state = _state(server)
+        reply = await self.authenticator.authenticate(server, state, args)
+        if state.auth_login:
             session.authenticated = True
-            session.auth_data = session.login_data = user.login
-            return "235 2.7.0 Authentication successful"
-        failures = getattr(session, "tmail_auth_failures", 0) + 1
-        session.tmail_auth_failures = failures  # type: ignore[attr-defined]
-        log.warning("client=%s: AUTH failed for %r (%d)", _client_ip(session), login, failures)
-        await asyncio.sleep(self.login_failure_delay)
-        if failures >= self.max_auth_failures:
-            await server.push("421 4.7.0 Too many authentication failures, closing")
-            if server.transport is not None:
-                server.transport.close()
-            return None
-        return "535 5.7.8 Authentication credentials invalid"
-
-    async def _read_credentials(self, server: SMTP, args: list[str]) -> tuple[str, str] | None:
-        mechanism = args[0].upper()
-        try:
-            if mechanism == "PLAIN":
-                if len(args) > 1:
-                    raw = base64.b64decode(args[1], validate=True)
-                else:
-                    raw = await server.challenge_auth("", encode_to_b64=False)
-                if not isinstance(raw, bytes):
-                    return None
-                _, login, password = raw.split(b"\0", 2)
-            else:
-                login = args[1].encode() if len(args) > 1 else await server.challenge_auth(
-                    "Username:")
-                if not isinstance(login, bytes):
-                    return None
-                if len(args) > 1:
-                    login = base64.b64decode(login, validate=True)
-                password = await server.challenge_auth("Password:")
-                if not isinstance(password, bytes):
-                    return None
-            return login.decode(), password.decode()
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            return None
+            session.auth_data = state.auth_login
+        return reply
 
     # --- the transaction ---------------------------------------------------------------
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
-        address = "" if address == "<>" else address
-        if address and not _valid_address(address):
-            self.refused("bad_address")
-            return "501 5.1.7 Bad sender address syntax"
-        envelope.mail_from = address or "<>"
+        state = _state(server)
+        if envelope.smtp_utf8 and not self.config.smtp_smtputf8:
+            return "555 5.5.4 SMTPUTF8 is not supported"
+        state.smtputf8 = envelope.smtp_utf8
+        if address != "<>":
+            parsed = parse_address(address, smtputf8=state.smtputf8, sender=True)
+            if isinstance(parsed, str):
+                self.refused("bad_address")
+                return parsed
+        envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        if not _valid_address(address):
+        state = _state(server)
+        if state.rejected_rcpts >= self.config.smtp_rejected_rcpt_limit:
+            log.warning("client=%s: too many rejected recipients", state.client_ip)
+            state.hang_up = True
+            return f"421 4.7.0 {server.hostname} Error: too many rejected recipients"
+        reply = await self._check_rcpt(state, envelope, address)
+        if reply is None:
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Ok"
+        if reply.startswith("5"):
+            state.rejected_rcpts += 1
+        return reply
+
+    async def _check_rcpt(self, state: SessionState, envelope: Envelope,
+                          address: str) -> str | None:
+        """``None`` to accept ``address``, else the reply that refuses it."""
+        parsed = parse_address(address, smtputf8=state.smtputf8, sender=False)
+        if isinstance(parsed, str):
             self.refused("bad_address")
-            return "501 5.1.3 Bad recipient address syntax"
+            return parsed
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             self.refused("too_many_recipients")
             return "452 4.5.3 Error: too many recipients"
-        user = self.users.get(session.login_data) if session.authenticated else None
-        refusal = self.policy.check(address, _client_ip(session),
-                                    relay_user=bool(user and user.auth_relay))
-        if refusal is not None:
-            self._log(session, envelope, f"reject: RCPT <{address}>: {refusal}")
-            self.refused(refusal.reason)
-            return str(refusal)
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 Ok"
+        loop = asyncio.get_running_loop()
+        refusal = await loop.run_in_executor(None, self.policy.check, parsed, state.client_ip,
+                                             state.auth_relay)
+        if refusal is None:
+            return None
+        self._log(state, envelope, f"reject: RCPT <{address}>: {refusal}")
+        self.refused(refusal.reason)
+        return str(refusal)
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = self._with_headers(server, session, envelope)
-        auth_user = session.login_data if session.authenticated else ""
-        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
+    async def receive_message(self, server: SMTP, session: Session, envelope: Envelope,
+                              chunks: AsyncIterator[bytes]) -> str:
+        """The DATA phase (called by ``TmailSMTP.smtp_DATA``): stream the message into a
+        spool under our headers, then queue it; returns the final reply."""
+        state = _state(server)
+
+        def our_headers(head: HeaderBlock) -> bytes:
+            return self._headers(server, session, envelope, head)
+
+        writer = MessageWriter(self.config.max_message_size, self.config.max_hops,
+                               self.store.spool, our_headers)
+        received = await receive(chunks, Framer(self.config.smtp_bare_newline == "normalize"),
+                                 writer)
+        if received.spool is None:
+            return self._refuse_content(server, state, envelope, received.refusal,
+                                        received.error)
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+        size = received.spool.size
         try:
-            records = await self.committer.submit(
-                QueueEnvelope(raw, mail_from, list(envelope.rcpt_tos), auth_user or "",
-                              _client_ip(session))
-            )
-        except OSError as exc:
-            log.error("client=%s: queue write failed: %s", _client_ip(session), exc)
-            self._log(session, envelope, "reject: DATA: 451 4.3.0 queue file write error")
-            self.refused("queue_error")
-            return "451 4.3.0 Error: queue file write error"
+            records = await self.committer.submit(QueueEnvelope(
+                received.spool, mail_from, list(envelope.rcpt_tos), state.auth_login,
+                state.client_ip))
+        except OSError as exc:  # QueueWriteError; anything else goes to handle_exception
+            return self._refuse_content(server, state, envelope, "queue_error", exc)
+        finally:
+            received.spool.discard()  # a no-op once the store took it (cancelled: not yet)
+        state.message_accepted()
         self.counters.inc(SMTP_MESSAGES, result="accepted", reason="")
         uuid = records[0].uuid
-        self._log(session, envelope, f"queued as {uuid}, size={len(raw)}")
+        self._log(state, envelope, f"queued as {uuid}, size={size}")
         return f"250 2.0.0 Ok: queued as {uuid}"
+
+    def _refuse_content(self, server: SMTP, state: SessionState, envelope: Envelope,
+                        reason: str, error: OSError | None) -> str:
+        if error is not None:
+            log.error("client=%s: queue write failed: %s", state.client_ip, error)
+            reply = ("452 4.3.1 Insufficient system storage" if error.errno in _STORAGE_FULL
+                     else "451 4.3.0 Error: queue file write error")
+        else:
+            reply = _CONTENT_REPLIES[reason]
+        if reason == "bare_newline":  # the client's framing is in doubt: as Postfix, hang up
+            state.hang_up = True
+        self._log(state, envelope, f"reject: DATA: {reply}")
+        self.refused(reason)
+        return reply
 
     def refused(self, reason: str) -> None:
         """Count a refused command (a recipient, a sender or a message) by reason class."""
         self.counters.inc(SMTP_MESSAGES, result="refused", reason=reason)
 
-    def _with_headers(self, server: SMTP, session: Session, envelope: Envelope) -> bytes:
-        """The bytes as received, under our trace header (plus Message-ID/Date for
-        authenticated submissions that lack them, as a submission server does)."""
-        raw: bytes = envelope.original_content or b""
-        if session.authenticated:
-            if not has_header(raw, "Date"):
-                raw = prepend_header(raw, "Date", format_date())
-            if not has_header(raw, "Message-ID"):
-                raw = prepend_header(raw, "Message-ID", new_message_id(self.config.hostname))
+    def _headers(self, server: SMTP, session: Session, envelope: Envelope,
+                 head: HeaderBlock) -> bytes:
+        """Our trace header, plus Message-ID/Date for authenticated submissions that lack
+        them (as a submission server does), as CRLF lines to go first."""
+        lines = []
         trace = received_header(
             helo=session.host_name or "",
-            client_ip=_client_ip(session),
+            client_ip=_state(server).client_ip,
             hostname=self.config.hostname,
-            with_protocol=protocol(bool(session.extended_smtp), server._tls_protocol is not None,
+            with_protocol=protocol(bool(session.extended_smtp),
+                                   server._tls_protocol is not None,
                                    bool(session.authenticated)),
             rcpt=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
         )
-        return prepend_header(raw, "Received", trace)
+        lines.append(f"Received: {trace}")
+        if session.authenticated:
+            if not head.has("Message-ID"):
+                lines.append(f"Message-ID: {new_message_id(self.config.hostname)}")
+            if not head.has("Date"):
+                lines.append(f"Date: {format_date()}")
+        return "".join(line + "\r\n" for line in lines).encode("utf-8")
 
-    def _log(self, session: Session, envelope: Envelope, outcome: str) -> None:
+    def _log(self, state: SessionState, envelope: Envelope, outcome: str) -> None:
         log.info(
             "client=%s auth=%s from=<%s> to=%s: %s",
-            _client_ip(session),
-            session.login_data if session.authenticated else "-",
-            "" if envelope.mail_from == "<>" else envelope.mail_from or "",
-            ",".join(f"<{r}>" for r in envelope.rcpt_tos) or "-",
-            outcome,
+            state.client_ip,
+            printable(state.auth_login) or "-",
+            printable("" if envelope.mail_from == "<>" else envelope.mail_from or ""),
+            printable(",".join(f"<{r}>" for r in envelope.rcpt_tos)) or "-",
+            printable(outcome),
         )

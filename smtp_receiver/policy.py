@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-import time
 from dataclasses import dataclass
 
+from smtp_receiver.limits import in_networks
+from tmail.address import Address
 from tmail.config import Config
 from tmail.users import UserStore
 
@@ -23,35 +23,37 @@ class Refusal:
 class RecipientPolicy:
     """Decides each RCPT TO at once, so that we never accept what we would have to bounce."""
 
-    def __init__(self, config: Config, users: UserStore, cache_seconds: float = 2.0) -> None:
+    def __init__(self, config: Config, users: UserStore) -> None:
         self._config = config
         self._users = users
-        self._cache_seconds = cache_seconds
-        self._domains: set[str] = set()
-        self._domains_at = float("-inf")
+        self._domains: frozenset[str] = frozenset()
+        self._generation: int | None = None
 
-    def local_domains(self) -> set[str]:
-        """Users' mailbox domains plus TMAIL_LOCAL_DOMAINS, re-read every few seconds."""
-        now = time.monotonic()
-        if now - self._domains_at > self._cache_seconds:
-            self._domains = self._users.local_domains() | set(self._config.local_domains)
-            self._domains_at = now
+    def local_domains(self) -> frozenset[str]:
+        """Users' mailbox domains plus TMAIL_LOCAL_DOMAINS, re-read whenever the users table
+        changed (in any process: ``UserStore.generation``, one pragma): a domain or a user
+        created through the API or the CLI is local for the very next RCPT. (A cache by
+        time used to refuse mail for a new domain with a permanent 554 for two seconds.)"""
+        generation = self._users.generation()
+        if generation != self._generation:
+            # Set the domains before the generation: a thread that sees the new generation
+            # finds the new domains; two threads racing only make one more re-read.
+            self._domains = frozenset(self._users.local_domains()
+                                      | set(self._config.local_domains))
+            self._generation = generation
         return self._domains
 
-    def check(self, rcpt: str, client_ip: str, relay_user: bool) -> Refusal | None:
-        domain = rcpt.rpartition("@")[2].lower()
-        if domain in self.local_domains():
+    def check(self, rcpt: Address, client_ip: str, relay_user: bool) -> Refusal | None:
+        """``None`` to accept ``rcpt``. Blocking (SQLite): call it from a worker thread."""
+        domains = self.local_domains()
+        if rcpt.domain in domains or rcpt.ascii_domain in domains:
             if self._users.find_mailbox(rcpt) is None:
                 return Refusal(550, f"5.1.1 <{rcpt}>: Recipient address rejected: "
                                     "User unknown in local recipient table", "unknown_user")
             return None
-        if relay_user or self._in_relay_networks(client_ip):
+        if relay_user or self.in_relay_networks(client_ip):
             return None
         return Refusal(554, f"5.7.1 <{rcpt}>: Relay access denied", "relay_denied")
 
-    def _in_relay_networks(self, client_ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self._config.relay_networks)
+    def in_relay_networks(self, client_ip: str) -> bool:
+        return in_networks(client_ip, self._config.relay_networks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tmail.queue import QueueStore, Status
+from tmail import faults
+from tmail.queue import Envelope, EnvelopeError, QueueStore, QueueWriteError, Status
 from tmail.queue.layout import QueueLayout
 
 RAW = b"From: alice@example.org\r\nMessage-ID: <m1@example.org>\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -237,3 +239,119 @@ def test_enqueue_failure_leaves_nothing_visible(store: QueueStore) -> None:
     with pytest.raises(QueueWriteError):
         store.enqueue(RAW, "a@b.org", ["x@y.org"])
     assert list(store.iter_ids()) == []
+
+
+def assert_no_debris(store: QueueStore) -> None:
+    """Nothing of a failed message is left: no temp file, no raw file without its records,
+    no record link without its record."""
+    assert list(store.layout.tmp.iterdir()) == []
+    for raw in store.layout.messages.rglob("*.eml"):
+        assert raw.stat().st_nlink >= 2, raw
+    for link in store.layout.records.rglob("*.eml"):
+        assert link.with_suffix(".json").exists(), link
+
+
+def good(n: int) -> Envelope:
+    return Envelope(b"Subject: %d\r\n\r\nbody\r\n" % n, "a@b.org", [f"r{n}@y.org", f"s{n}@y.org"])
+
+
+@pytest.mark.parametrize(
+    "poisoned",
+    [
+        Envelope(RAW, "\udcff@x.org", ["x@y.org"]),  # 8-bit MAIL FROM, surrogateescape'd
+        Envelope(RAW, "a@b.org", ["ok@y.org", "b\udcc3@y.org"]),
+        Envelope(RAW, "a@b.org", ["x\r\nRCPT TO:<evil@y.org>@y.org"]),
+        Envelope(RAW, "a@b.org", []),
+    ],
+    ids=["sender-not-utf8", "recipient-not-utf8", "control-character", "no-recipient"],
+)
+def test_a_poisoned_envelope_fails_alone_and_leaves_nothing(
+    store: QueueStore, poisoned: Envelope
+) -> None:
+    outcomes = store.enqueue_many([good(1), poisoned, good(2)])
+
+    assert isinstance(outcomes[1], EnvelopeError)
+    assert [r.rcpt_to for r in outcomes[0]] == ["r1@y.org", "s1@y.org"]
+    assert [r.rcpt_to for r in outcomes[2]] == ["r2@y.org", "s2@y.org"]
+    assert len(assert_consistent(store.layout)) == 4
+    assert_no_debris(store)
+    with pytest.raises(EnvelopeError, match=r"not valid UTF-8|control|recipient"):
+        store.enqueue(poisoned.raw, poisoned.mail_from, poisoned.rcpt_to)
+
+
+ENQUEUE_FAULTS = ["enqueue:staged", "enqueue:raw-written", "enqueue:raw-linked",
+                  "enqueue:record-renamed"]
+
+
+@pytest.mark.parametrize("fault", ENQUEUE_FAULTS)
+@pytest.mark.parametrize(
+    "error", [OSError(errno.ENOSPC, "No space left on device"), RuntimeError("a bug")],
+    ids=["ENOSPC", "RuntimeError"],
+)
+def test_an_exception_at_any_enqueue_step_fails_only_its_message(
+    store: QueueStore, fault: str, error: BaseException
+) -> None:
+    with faults.raising(fault, error):
+        outcomes = store.enqueue_many([good(1), good(2), good(3)])
+
+    [failed] = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+    if isinstance(error, OSError):
+        assert isinstance(failed, QueueWriteError) and failed.errno == errno.ENOSPC
+    else:
+        assert failed is error
+    assert len(assert_consistent(store.layout)) == 4  # the two others, two recipients each
+    assert_no_debris(store)
+
+
+@pytest.mark.parametrize("fault", ["replace:temp-written", "remove:record-unlinked"])
+def test_an_exception_while_changing_a_record_leaves_no_torn_state(
+    store: QueueStore, fault: str
+) -> None:
+    [before] = store.enqueue(RAW, "a@b.org", ["x@y.org"])
+    with (faults.raising(fault, RuntimeError("a bug")), pytest.raises(RuntimeError),
+          store.locked(before.id) as locked):
+        if fault == "replace:temp-written":
+            locked.write(locked.record.evolve(last_error="new"))
+        else:
+            locked.remove()
+    if fault == "replace:temp-written":
+        assert store.get(before.id) == before
+        assert_no_debris(store)
+    else:
+        assert store.get(before.id) is None
+        store.cleanup(grace=0)
+        assert_no_debris(store)
+        assert list(store.layout.messages.rglob("*.eml")) == []
+
+
+def test_an_8bit_message_id_is_stored_readably(store: QueueStore) -> None:
+    raw = b"Message-ID: <\xff\xfe@x.org>\r\nSubject: s\r\n\r\nbody\r\n"
+    [record] = store.enqueue(raw, "a@b.org", ["x@y.org"])
+    assert record.message_id == "\ufffd\ufffd@x.org"
+    assert store.get(record.id) == record
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda data: data.pop("Host"), "Host is missing"),
+        (lambda data: data.update(Status="2"), "Status is missing or not int"),
+        (lambda data: data.update(Status=9), "unknown Status 9"),
+        (lambda data: data.update(AddedAt="yesterday"), "AddedAt"),
+        (lambda data: data.update(Size=None), "Size is not int"),
+    ],
+    ids=["missing-key", "mistyped", "unknown-status", "bad-time", "mistyped-extension"],
+)
+def test_every_reader_quarantines_the_same_bad_records(store: QueueStore, change, reason) -> None:  # type: ignore[no-untyped-def]
+    from tmail.queue.summary import summarize
+
+    store.enqueue(RAW, "a@b.org", ["x@y.org", "z@y.org"])
+    data = json.loads(store.layout.record_json(2).read_bytes())
+    change(data)
+    store.layout.record_json(2).write_text(json.dumps(data))
+
+    assert [data["Id"] for data, _ in store.iter_raw_records()] == [1]  # the listing's path
+    assert sum(summarize(store).total) == 1
+    [quarantined] = store.quarantined()
+    assert quarantined.id == 2 and reason in quarantined.reason
+    assert [r.id for r in store.iter_records()] == [1] and store.get(2) is None

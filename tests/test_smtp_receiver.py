@@ -4,74 +4,19 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    REPO,
-    ApiServer,
-    child_pids,
-    free_port,
-    stop,
-    tmail_env,
-    wait_until,
-)
+from tests.conftest import REPO, ApiServer, child_pids, stop, tmail_env, wait_until
+from tests.smtp_helpers import LOCAL, Receiver, add_users, start_receiver
 from tmail import config as tmail_config
 from tmail.queue import QueueStore
-from tmail.users import UserStore
 
-LOCAL = "receiver.test"
 BODY = b"From: sender@elsewhere.org\r\nSubject: hello\r\n\r\nline one\r\n.dot line\r\n"
-
-
-@dataclass
-class Receiver:
-    port: int
-    env: dict[str, str]
-    queue: QueueStore
-    cert: Path
-    process: subprocess.Popen[bytes]
-
-    def smtp(self) -> smtplib.SMTP:
-        return smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test", timeout=10)
-
-    def tls(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.cert))
-
-
-def start_receiver(env: dict[str, str], log: Path) -> Receiver:
-    port = free_port()
-    env = {**env, "TMAIL_SMTP_BIND": f"127.0.0.1:{port}"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "smtp_receiver"], cwd=REPO, env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-
-    def listening() -> bool:
-        if process.poll() is not None:
-            pytest.fail("smtp_receiver exited:\n" + log.read_text())
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", port)) == 0
-
-    assert wait_until(listening), log.read_text()
-    config = tmail_config.load(env)
-    return Receiver(port, env, QueueStore(config.queue_dir), config.tls_cert_path, process)
-
-
-def add_users(env: dict[str, str]) -> None:
-    config = tmail_config.load(env)
-    users = UserStore(config.users_db, config.mailboxes_dir)
-    for login, relay, catchall in [(f"alice@{LOCAL}", True, False),
-                                   (f"bob@{LOCAL}", False, False),
-                                   ("any@catchall.test", False, True)]:
-        if users.get(login) is None:
-            users.create(login, "password1", auth_relay=relay, have_mailbox=True,
-                         is_catchall=catchall)
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +323,31 @@ def test_the_fast_address_parser_agrees_with_aiosmtpd(arg: str) -> None:
     fast, reference = TmailSMTP.__new__(TmailSMTP), SMTP.__new__(SMTP)
     fast.local_part_limit = reference.local_part_limit = 64
     assert fast._getaddr(arg) == reference._getaddr(arg)
+
+
+def test_a_domain_created_through_the_api_receives_mail_at_once(
+    receiver: Receiver, api: ApiServer
+) -> None:
+    with receiver.smtp() as client:
+        client.ehlo()
+        client.mail("sender@elsewhere.org")
+        assert client.rcpt(f"bob@{LOCAL}")[0] == 250  # the receiver knows its domains now
+        created = api.session.post(api.url("/users/catchall@new-api.example"), json={
+            "passwd": "password1", "haveMailbox": True, "isCatchall": True})
+        assert created.status_code == 201, created.text
+        assert client.rcpt("anyone@new-api.example")[0] == 250
+
+
+def test_a_user_created_with_the_cli_receives_mail_at_once(receiver: Receiver) -> None:
+    with receiver.smtp() as client:
+        client.ehlo()
+        client.mail("sender@elsewhere.org")
+        assert client.rcpt(f"bob@{LOCAL}")[0] == 250
+        done = subprocess.run(
+            [sys.executable, "-m", "tmail", "users", "add", "carol@new-cli.example",
+             "--password", "password1", "--mailbox"],
+            cwd=REPO, env=receiver.env, capture_output=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert client.rcpt("carol@new-cli.example")[0] == 250
+        assert client.rcpt("Carol@NEW-CLI.example")[0] == 250
+        assert client.rcpt("dave@new-cli.example")[0] == 550

@@ -66,6 +66,19 @@ class Config:
     relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_message_size: int = 26_214_400
     max_recipients: int = 100
+    # --- SMTP receiver: protocol and resource limits (Postfix's smtpd_* in brackets) -------
+    smtp_smtputf8: bool = False  # RFC 6531, off until every layer of the path supports it
+    smtp_bare_newline: str = "reject"  # smtpd_forbid_bare_newline: reject or normalize
+    max_hops: int = 50  # hopcount_limit
+    smtp_max_sessions: int = 100  # per receiver process (default_process_limit)
+    smtp_max_sessions_per_ip: int = 50  # smtpd_client_connection_count_limit
+    smtp_timeout: float = 300.0  # smtpd_timeout: one command line, one reply
+    smtp_min_data_rate: int = 500  # smtpd_min_data_rate: DATA deadline grows by 1 s per N bytes
+    smtp_hard_error_limit: int = 20  # smtpd_hard_error_limit
+    smtp_junk_command_limit: int = 100  # smtpd_junk_command_limit
+    smtp_rejected_rcpt_limit: int = 20  # rejected RCPTs in one session (directory harvesting)
+    smtp_auth_failure_limit: int = 10  # failed AUTHs per client IP within the window below
+    smtp_auth_failure_window: float = 600.0  # seconds an AUTH failure counts for its IP
     routes: tuple[tuple[str, HostPort], ...] = ()
     runner_processes: int = field(default_factory=workers.default_count)
     runner_concurrency: int = 20
@@ -189,6 +202,19 @@ def parse_starttls(raw: str) -> str:
     return raw
 
 
+def parse_bare_newline(raw: str) -> str:
+    if raw not in {"reject", "normalize"}:
+        raise ValueError("expected reject or normalize")
+    return raw
+
+
+def parse_positive_seconds(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
 def parse_quota(raw: str) -> str:
     from tmail.quota import parse_quota as parse  # the one quota grammar
 
@@ -214,6 +240,18 @@ _SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TMAIL_RELAY_NETWORKS": ("relay_networks", parse_networks),
     "TMAIL_MAX_MESSAGE_SIZE": ("max_message_size", parse_positive_int),
     "TMAIL_MAX_RECIPIENTS": ("max_recipients", parse_positive_int),
+    "TMAIL_SMTP_SMTPUTF8": ("smtp_smtputf8", parse_bool),
+    "TMAIL_SMTP_BARE_NEWLINE": ("smtp_bare_newline", parse_bare_newline),
+    "TMAIL_MAX_HOPS": ("max_hops", parse_positive_int),
+    "TMAIL_SMTP_MAX_SESSIONS": ("smtp_max_sessions", parse_positive_int),
+    "TMAIL_SMTP_MAX_SESSIONS_PER_IP": ("smtp_max_sessions_per_ip", parse_positive_int),
+    "TMAIL_SMTP_TIMEOUT": ("smtp_timeout", parse_positive_seconds),
+    "TMAIL_SMTP_MIN_DATA_RATE": ("smtp_min_data_rate", parse_positive_int),
+    "TMAIL_SMTP_HARD_ERROR_LIMIT": ("smtp_hard_error_limit", parse_positive_int),
+    "TMAIL_SMTP_JUNK_COMMAND_LIMIT": ("smtp_junk_command_limit", parse_positive_int),
+    "TMAIL_SMTP_REJECTED_RCPT_LIMIT": ("smtp_rejected_rcpt_limit", parse_positive_int),
+    "TMAIL_SMTP_AUTH_FAILURE_LIMIT": ("smtp_auth_failure_limit", parse_positive_int),
+    "TMAIL_SMTP_AUTH_FAILURE_WINDOW": ("smtp_auth_failure_window", parse_positive_seconds),
     "TMAIL_ROUTES": ("routes", parse_routes),
     "TMAIL_RUNNER_PROCESSES": ("runner_processes", parse_positive_int),
     "TMAIL_RUNNER_CONCURRENCY": ("runner_concurrency", parse_positive_int),

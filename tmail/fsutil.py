@@ -46,6 +46,24 @@ def fsync_files(paths: Iterable[Path | str]) -> None:
     _in_parallel(fsync_file, list(paths))
 
 
+def fsync_each(paths: Iterable[Path], *, directories: bool = False) -> dict[Path, OSError]:
+    """``fsync`` every distinct file (or directory) concurrently, like :func:`fsync_files`,
+    and return the ones that failed with their error instead of raising the first: a batch
+    of messages can then fail only the messages whose files could not be made durable."""
+    function = fsync_dir if directories else fsync_file
+    unique = list(dict.fromkeys(paths))
+    failed: dict[Path, OSError] = {}
+
+    def attempt(path: Path | str) -> None:
+        try:
+            function(path)
+        except OSError as exc:
+            failed[Path(path)] = exc
+
+    _in_parallel(attempt, unique)  # type: ignore[arg-type]
+    return failed
+
+
 _POOL_SIZE = 16
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 _pool_lock = threading.Lock()
@@ -108,8 +126,8 @@ def fsync_file(path: Path | str) -> None:
 def replace_atomically(path: Path, data: bytes, tmp_dir: Path) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old content or the new one."""
     tmp = write_temp(tmp_dir, data)
-    fault_point("replace:temp-written")
     try:
+        fault_point("replace:temp-written")
         os.rename(tmp, path)
     except BaseException:
         unlink_quietly(tmp)

@@ -61,8 +61,16 @@ def submit(
     sender: str | None,
     from_headers: bool,
     hostname: str,
+    caller_uid: int | None = None,
+    caller_login: str | None = None,
 ) -> list[Record]:
-    """Queue ``raw`` from a local program; returns its records."""
+    """Queue ``raw`` from a local program; returns its records.
+
+    ``caller_uid``/``caller_login`` name who ran the command when this process has since
+    switched to the queue's owner (default: this process's own identity).
+    """
+    uid = os.getuid() if caller_uid is None else caller_uid
+    login = getpass.getuser() if caller_login is None else caller_login
     raw = to_crlf(raw)
     rcpts = list(recipients)
     if from_headers:
@@ -71,7 +79,7 @@ def submit(
     rcpts = [qualify(r, hostname) for r in dict.fromkeys(rcpts)]
     if not rcpts:
         raise SendmailError("no recipients given (use -t or name them)")
-    envelope_from = qualify(sender if sender is not None else getpass.getuser(), hostname) if (
+    envelope_from = qualify(sender if sender is not None else login, hostname) if (
         sender != "") else ""
     if not has_header(raw, "From") and envelope_from:
         raw = prepend_header(raw, "From", envelope_from)
@@ -82,6 +90,6 @@ def submit(
     raw = prepend_header(
         raw,
         "Received",
-        f"by {hostname} (tmail, from local program uid {os.getuid()});\r\n\t{format_date()}",
+        f"by {hostname} (tmail, from local program uid {uid});\r\n\t{format_date()}",
     )
     return store.enqueue(raw, envelope_from, rcpts, client_addr="local")

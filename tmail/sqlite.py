@@ -7,9 +7,14 @@ import time
 from pathlib import Path
 
 
-def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
-    """A connection in autocommit mode (``BEGIN`` explicitly), WAL, waiting up to 10 s."""
-    conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+def connect(path: Path, *, synchronous: str = "FULL",
+            check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode (``BEGIN`` explicitly), WAL, waiting up to 10 s.
+
+    ``check_same_thread=False`` only for a connection its owner guards with a lock.
+    """
+    conn = sqlite3.connect(path, timeout=10, isolation_level=None,
+                           check_same_thread=check_same_thread)
     conn.execute("PRAGMA busy_timeout=10000")
     use_wal(conn)
     conn.execute(f"PRAGMA synchronous={synchronous}")

@@ -4,13 +4,18 @@ One SQLite file in the data dir (WAL mode, so readers never block the writer) is
 the API's gunicorn workers, the SMTP receiver, the runner and, read-only, Dovecot. Passwords
 are hashed twice on purpose: ``Passwd`` (bcrypt, checked by tmail) and ``DovePasswd``
 (SHA512-crypt, the scheme Dovecot's ``SHA512-CRYPT`` reads without any plugin).
+
+Logins are case-insensitive, as mail admins expect (Postfix's maps and Dovecot's ``%Lu``
+lower-case them): each row carries ``login_key``, the lower-cased :attr:`Address.key`, under a
+unique index, and every look-up goes through it. ``login`` keeps the spelling the admin gave.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,32 +24,17 @@ from passlib.context import CryptContext
 from passlib.hash import sha512_crypt
 
 from tmail import sqlite as tmail_sqlite
+from tmail.address import Address, AddressError, domain_of
+
+log = logging.getLogger(__name__)
 
 # bcrypt as tmail writes it: "$2a$10$..."; one context so that schemes can be upgraded later.
 _PASSWORDS = CryptContext(schemes=["bcrypt"], bcrypt__ident="2a", bcrypt__rounds=10)
 # Dovecot's SHA512-CRYPT with the implicit 5000 rounds: "$6$<16-char salt>$...".
 _DOVECOT = sha512_crypt.using(rounds=5000, salt_size=16)
 _DUMMY_HASH = _PASSWORDS.hash("not a password of anyone")
-
-_MIGRATIONS = [
-    """
-    CREATE TABLE users (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        login TEXT NOT NULL UNIQUE,
-        passwd TEXT NOT NULL,
-        dove_passwd TEXT NOT NULL,
-        active TEXT NOT NULL DEFAULT 'Y',
-        auth_relay INTEGER NOT NULL DEFAULT 0,
-        have_mailbox INTEGER NOT NULL DEFAULT 0,
-        mailbox_quota TEXT NOT NULL DEFAULT '',
-        home TEXT NOT NULL DEFAULT '',
-        is_catchall INTEGER NOT NULL DEFAULT 0,
-        domain TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX users_domain ON users (domain);
-    CREATE UNIQUE INDEX users_one_catchall ON users (domain) WHERE is_catchall = 1;
-    """,
-]
+# The seed's answer to a second user with the same login (whatever its case now).
+_DUPLICATE = "UNIQUE constraint failed: users.login"
 
 
 class UserError(Exception):
@@ -63,6 +53,61 @@ class UserExists(UserError):
 
 class CatchallExists(UserError):
     msg = "unable to create new user"
+
+
+def login_key(login: str) -> str:
+    """The case-insensitive key of a login: :attr:`Address.key` (lower case, A-label domain)
+    for an address, the lower-cased text for anything else (a relay-only name, a legacy row)."""
+    try:
+        return Address.parse(login, allow_utf8=True).key
+    except AddressError:
+        return login.lower()
+
+
+def _add_login_key(conn: sqlite3.Connection) -> None:
+    """Migration 2: ``login_key`` under a unique index, computed here (SQLite's ``lower()``
+    knows only ASCII, and the key's domain is the IDNA form).
+
+    Two logins differing only by case could exist before: the oldest gets the key (as the
+    old case-insensitive look-ups found it first); the others keep ``NULL`` and stay
+    reachable by their exact spelling, so that nothing is lost and the admin can delete them.
+    """
+    conn.execute("ALTER TABLE users ADD COLUMN login_key TEXT")
+    seen: set[str] = set()
+    for user_id, login in conn.execute("SELECT id, login FROM users ORDER BY id").fetchall():
+        key = login_key(login)
+        if key in seen:
+            log.warning("users.db: login %r differs only by case from an older one: reachable"
+                        " by its exact spelling only; delete one of them", login)
+            continue
+        seen.add(key)
+        conn.execute("UPDATE users SET login_key = ? WHERE id = ?", (key, user_id))
+    conn.execute("CREATE UNIQUE INDEX users_login_key ON users (login_key)")
+
+
+_MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        login TEXT NOT NULL UNIQUE,
+        passwd TEXT NOT NULL,
+        dove_passwd TEXT NOT NULL,
+        active TEXT NOT NULL DEFAULT 'Y',
+        auth_relay INTEGER NOT NULL DEFAULT 0,
+        have_mailbox INTEGER NOT NULL DEFAULT 0,
+        mailbox_quota TEXT NOT NULL DEFAULT '',
+        home TEXT NOT NULL DEFAULT '',
+        is_catchall INTEGER NOT NULL DEFAULT 0,
+        domain TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX users_domain ON users (domain);
+    CREATE UNIQUE INDEX users_one_catchall ON users (domain) WHERE is_catchall = 1;
+    """,
+    _add_login_key,
+]
+
+# One user by login: the exact spelling first (only legacy rows can differ), else the key.
+_BY_LOGIN = "(login = :login OR login_key = :key)"
 
 
 @dataclass(frozen=True)
@@ -87,10 +132,6 @@ class User:
         return domain_of(self.login)
 
 
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower() if "@" in address else ""
-
-
 def home_for(mailboxes_dir: Path, login: str) -> Path:
     """``<mailboxes>/t/tmail.io/t/test`` for ``test@tmail.io``, as tmail lays it out."""
     local, _, domain = login.rpartition("@")
@@ -106,6 +147,8 @@ class UserStore:
         self.mailboxes_dir = mailboxes_dir
         self.default_quota = default_quota
         self._local = threading.local()
+        self._watch_lock = threading.Lock()
+        self._watch: sqlite3.Connection | None = None
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -132,10 +175,25 @@ class UserStore:
         """Apply the forward migrations this database has not seen (``user_version``)."""
         with self._transaction() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    conn.execute(statement)
+            for number, migration in enumerate(_MIGRATIONS[version:], start=version + 1):
+                if callable(migration):
+                    migration(conn)
+                else:
+                    for statement in filter(str.strip, migration.split(";")):
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
+
+    def generation(self) -> int:
+        """A number that changes whenever any process commits a change to the users.
+
+        SQLite's ``PRAGMA data_version`` moves when *another* connection commits; it is read
+        on a connection of its own that never writes, so this store's commits (from any
+        thread) count as well. Costs one pragma, no query: a receiver may call it per RCPT.
+        """
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = tmail_sqlite.connect(self.db_path, check_same_thread=False)
+            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
 
     # --- administration (the API and the CLI) --------------------------------------------
 
@@ -150,26 +208,32 @@ class UserStore:
         is_catchall: bool = False,
     ) -> User:
         home = str(home_for(self.mailboxes_dir, login)) if have_mailbox else ""
+        domain = domain_of(login)
         quota = (mailbox_quota if mailbox_quota is not None else self.default_quota) if (
             have_mailbox) else ""
         try:
             with self._transaction() as conn:
                 conn.execute(
-                    "INSERT INTO users (login, passwd, dove_passwd, auth_relay, have_mailbox,"
-                    " mailbox_quota, home, is_catchall, domain) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (login, _PASSWORDS.hash(password), _DOVECOT.hash(password), auth_relay,
-                     have_mailbox, quota, home, is_catchall, domain_of(login)),
+                    "INSERT INTO users (login, login_key, passwd, dove_passwd, auth_relay,"
+                    " have_mailbox, mailbox_quota, home, is_catchall, domain)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (login, login_key(login), _PASSWORDS.hash(password),
+                     _DOVECOT.hash(password), auth_relay, have_mailbox, quota, home,
+                     is_catchall, domain),
                 )
         except sqlite3.IntegrityError as exc:
             if "users.domain" in str(exc):
-                raise CatchallExists(f"domain {domain_of(login)} already has a catchall") from None
-            raise UserExists(str(exc)) from None
+                raise CatchallExists(f"domain {domain} already has a catchall") from None
+            raise UserExists(_DUPLICATE) from None
         user = self.get(login)
         assert user is not None
         return user
 
     def get(self, login: str) -> User | None:
-        row = self._connection().execute("SELECT * FROM users WHERE login = ?", (login,)).fetchone()
+        row = self._connection().execute(
+            f"SELECT * FROM users WHERE {_BY_LOGIN} ORDER BY login = :login DESC LIMIT 1",
+            _login_params(login),
+        ).fetchone()
         return _user(row) if row else None
 
     def list(self) -> list[User]:
@@ -177,17 +241,23 @@ class UserStore:
         return [_user(row) for row in rows]
 
     def set_password(self, login: str, password: str) -> bool:
+        passwd, dove_passwd = _PASSWORDS.hash(password), _DOVECOT.hash(password)
         with self._transaction() as conn:
             cursor = conn.execute(
-                "UPDATE users SET passwd = ?, dove_passwd = ? WHERE login = ?",
-                (_PASSWORDS.hash(password), _DOVECOT.hash(password), login),
+                "UPDATE users SET passwd = :passwd, dove_passwd = :dove_passwd WHERE id = ("
+                f"SELECT id FROM users WHERE {_BY_LOGIN} ORDER BY login = :login DESC LIMIT 1)",
+                {**_login_params(login), "passwd": passwd, "dove_passwd": dove_passwd},
             )
         return cursor.rowcount == 1
 
     def delete(self, login: str) -> bool:
         """Remove the user; its Maildir stays on disk (an API call never destroys mail)."""
         with self._transaction() as conn:
-            cursor = conn.execute("DELETE FROM users WHERE login = ?", (login,))
+            cursor = conn.execute(
+                "DELETE FROM users WHERE id = ("
+                f"SELECT id FROM users WHERE {_BY_LOGIN} ORDER BY login = :login DESC LIMIT 1)",
+                _login_params(login),
+            )
         return cursor.rowcount == 1
 
     # --- look-ups for the SMTP receiver and the runner -----------------------------------
@@ -206,24 +276,32 @@ class UserStore:
         )
         return {row[0] for row in rows}
 
-    def find_mailbox(self, address: str) -> User | None:
-        """The user with a mailbox for ``address``, else its domain's catchall, else ``None``."""
-        local, _, domain = address.rpartition("@")
-        if not local:
-            return None
+    def find_mailbox(self, address: str | Address) -> User | None:
+        """The user with a mailbox for ``address``, else its domain's catchall, else ``None``.
+
+        Two look-ups on unique indexes (``login_key``, then the domain's one catchall).
+        """
+        if not isinstance(address, Address):
+            try:
+                address = Address.parse(address, allow_utf8=True)
+            except AddressError:
+                return None
         conn = self._connection()
         row = conn.execute(
-            "SELECT * FROM users WHERE login = ? COLLATE NOCASE AND have_mailbox = 1"
-            " AND active = 'Y'",
-            (f"{local}@{domain}",),
+            "SELECT * FROM users WHERE login_key = ? AND have_mailbox = 1 AND active = 'Y'",
+            (address.key,),
         ).fetchone()
         if row is None:
             row = conn.execute(
                 "SELECT * FROM users WHERE domain = ? AND is_catchall = 1 AND have_mailbox = 1"
                 " AND active = 'Y'",
-                (domain.lower(),),
+                (address.domain,),
             ).fetchone()
         return _user(row) if row else None
+
+
+def _login_params(login: str) -> dict[str, str]:
+    return {"login": login, "key": login_key(login)}
 
 
 def _user(row: sqlite3.Row) -> User:

@@ -10,7 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from tmail import config as tmail_config
 from tmail.cli import queue, sendmail, users
+from tmail.cli.owner import EX_NOPERM, Caller, OwnerError, become_owner
 from tmail.config import ConfigError
 
 COMMANDS = (users, queue, sendmail)
@@ -23,10 +25,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.register(subparsers)
     args = parser.parse_args(argv)
     try:
+        args.config = tmail_config.load()
+        args.caller = Caller.current()  # who ran us, for sendmail's trace and default sender
+        become_owner(args.config.queue_dir)  # before anything reads or writes the data dir
         return int(args.handler(args) or 0)
     except ConfigError as exc:
         print(f"tmail: configuration: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG
+    except OwnerError as exc:
+        print(f"tmail: {exc}", file=sys.stderr)
+        return EX_NOPERM
     except (OSError, ValueError) as exc:
         print(f"tmail: {exc}", file=sys.stderr)
         return 1

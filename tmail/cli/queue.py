@@ -9,14 +9,13 @@ import argparse
 import json
 import sys
 
-from tmail import config as tmail_config
 from tmail.queue import QueueStore, RecordFilter, Status
 from tmail.queue.ops import BULK_ACTIONS, Outcome, QueueOps
 from tmail.queue.summary import format_table, summarize
 
 
-def _ops() -> QueueOps:
-    config = tmail_config.load()
+def _ops(args: argparse.Namespace) -> QueueOps:
+    config = args.config
     return QueueOps(QueueStore(config.queue_dir, id_block=1), config.hostname)
 
 
@@ -76,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def list_records(args: argparse.Namespace) -> int:
     count = 0
-    for record in _ops().store.iter_records(_filter(args)):
+    for record in _ops(args).store.iter_records(_filter(args)):
         count += 1
         if args.json:
             print(json.dumps(record.to_json()))
@@ -94,7 +93,7 @@ def list_records(args: argparse.Namespace) -> int:
 
 
 def show_record(args: argparse.Namespace) -> int:
-    record = _ops().get(args.id)
+    record = _ops(args).get(args.id)
     if record is None:
         print(f"tmail: no such message ID {args.id}", file=sys.stderr)
         return 1
@@ -108,7 +107,7 @@ def show_record(args: argparse.Namespace) -> int:
 
 
 def cat_record(args: argparse.Namespace) -> int:
-    raw = _ops().store.read_raw(args.id)
+    raw = _ops(args).store.read_raw(args.id)
     if raw is None:
         print(f"tmail: no such message ID {args.id}", file=sys.stderr)
         return 1
@@ -117,7 +116,7 @@ def cat_record(args: argparse.Namespace) -> int:
 
 
 def change_records(args: argparse.Namespace) -> int:
-    ops = _ops()
+    ops = _ops(args)
     selection = _filter(args)
     if args.ids:
         failed = 0
@@ -135,7 +134,7 @@ def change_records(args: argparse.Namespace) -> int:
 
 
 def show_summary(args: argparse.Namespace) -> int:
-    result = summarize(_ops().store)
+    result = summarize(_ops(args).store)
     if args.json:
         print(json.dumps(result.to_json(args.top)))
     else:
@@ -147,7 +146,7 @@ def show_summary(args: argparse.Namespace) -> int:
 
 
 def list_quarantine(args: argparse.Namespace) -> int:
-    for item in _ops().store.quarantined():
+    for item in _ops(args).store.quarantined():
         if args.json:
             print(json.dumps({"Id": item.id, "Path": str(item.path), "Reason": item.reason,
                               "QuarantinedAt": item.quarantined_at.isoformat()}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tmail import config as tmail_config
 from tmail.queue import QueueStore, QueueWriteError
 from tmail.sendmail import SendmailError, submit
 
@@ -25,11 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    config = tmail_config.load()
+    config = args.config
     raw = sys.stdin.buffer.read()
     try:
         submit(QueueStore(config.queue_dir), raw, recipients=args.recipients,
-               sender=args.sender, from_headers=args.from_headers, hostname=config.hostname)
+               sender=args.sender, from_headers=args.from_headers, hostname=config.hostname,
+               caller_uid=args.caller.uid, caller_login=args.caller.login)
     except SendmailError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_USAGE

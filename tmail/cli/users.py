@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from tmail import config as tmail_config
 from tmail.users import UserError, UserStore
 
 
-def _store() -> UserStore:
-    config = tmail_config.load()
+def _store(args: argparse.Namespace) -> UserStore:
+    config = args.config
     return UserStore(config.users_db, config.mailboxes_dir, config.default_quota)
 
 
@@ -34,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def list_users(args: argparse.Namespace) -> int:
-    users = _store().list()
+    users = _store(args).list()
     if args.json:
         print(json.dumps([{"Id": u.id, "Login": u.login, "Active": u.active,
                            "AuthRelay": u.auth_relay, "HaveMailbox": u.have_mailbox,
@@ -49,7 +48,7 @@ def list_users(args: argparse.Namespace) -> int:
 
 def add_user(args: argparse.Namespace) -> int:
     try:
-        user = _store().create(args.login, args.password, auth_relay=args.relay,
+        user = _store(args).create(args.login, args.password, auth_relay=args.relay,
                                have_mailbox=args.mailbox, mailbox_quota=args.quota,
                                is_catchall=args.catchall)
     except UserError as exc:
@@ -60,7 +59,7 @@ def add_user(args: argparse.Namespace) -> int:
 
 
 def delete_user(args: argparse.Namespace) -> int:
-    if not _store().delete(args.login):
+    if not _store(args).delete(args.login):
         print(f"tmail: no such user {args.login}")
         return 1
     return 0

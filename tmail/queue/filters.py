@@ -30,18 +30,11 @@ class RecordFilter:
         )
 
     def matches(self, record: Record, at: datetime) -> bool:
-        if self.status is not None and record.status != self.status:
-            return False
-        if self.host is not None and record.host != self.host.lower():
-            return False
-        if self.rcpt is not None and record.rcpt_to.lower() != self.rcpt.lower():
-            return False
-        if self.mail_from is not None and record.mail_from.lower() != self.mail_from.lower():
-            return False
-        return self.older_than is None or record.age_seconds(at) >= self.older_than
+        """The test on a :class:`Record`: the same one as on its JSON (one definition)."""
+        return self.matches_json(record.to_json(), at)
 
     def matches_json(self, data: dict[str, Any], at: datetime) -> bool:
-        """The same test on a record's parsed JSON (the fast path of big listings)."""
+        """The test on a record's checked JSON (``parse_record``), the form listings read."""
         if self.status is not None and data["Status"] != self.status:
             return False
         if self.host is not None and data["Host"] != self.host.lower():

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
+import orjson
+
 
 class Status(IntEnum):
     """tmail's record states (0-3), plus 4 for Postfix-style held mail."""
@@ -36,7 +38,48 @@ def parse_time(text: str) -> datetime | None:
 
 
 class RecordError(ValueError):
-    """A record file that parses as JSON but is not a record (quarantined like bad JSON)."""
+    """A record file that is not a record (bad JSON, a missing or mistyped key): quarantined."""
+
+
+# The keys every record has, and the type each key must have (optional keys: extensions that
+# records written by older versions lack).
+_REQUIRED = {"Id": int, "Uuid": str, "Key": str, "MailFrom": str, "RcptTo": str, "Host": str,
+             "AddedAt": str, "NextDeliveryScheduledAt": str, "Status": int}
+_OPTIONAL = {"AuthUser": str, "MessageId": str, "DeliveryFailedCount": int, "Size": int,
+             "ClientAddr": str, "LastError": str, "LastAttemptAt": str, "DelayWarned": bool}
+_TIMES = ("AddedAt", "NextDeliveryScheduledAt", "LastAttemptAt")
+_STATUSES = frozenset(int(status) for status in Status)
+
+
+def parse_record(data: bytes, record_id: int | None = None) -> dict[str, Any]:
+    """The one reader of record files: parsed and checked JSON, or :class:`RecordError`.
+
+    Listings use the checked dict as it is (fast); :meth:`Record.from_bytes` builds on it.
+    Both therefore accept and quarantine exactly the same files, and whatever a listing
+    yields can be summarised, filtered and turned into a :class:`Record` without failing.
+    """
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"invalid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise RecordError("not a JSON object")
+    for key, kind in _REQUIRED.items():
+        if type(parsed.get(key)) is not kind:
+            raise RecordError(f"not a queue record: {key} is missing or not {kind.__name__}")
+    for key, kind in _OPTIONAL.items():
+        if key in parsed and type(parsed[key]) is not kind:
+            raise RecordError(f"not a queue record: {key} is not {kind.__name__}")
+    if parsed["Status"] not in _STATUSES:
+        raise RecordError(f"not a queue record: unknown Status {parsed['Status']}")
+    try:
+        for key in _TIMES:
+            parse_time(parsed.get(key, ""))
+    except ValueError as exc:
+        raise RecordError(f"not a queue record: {key}: {exc}") from exc
+    if record_id is not None and parsed["Id"] != record_id:
+        raise RecordError(f"file {record_id}.json holds Id {parsed['Id']}")
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -88,38 +131,32 @@ class Record:
         return json.dumps(self.to_json(), ensure_ascii=False).encode() + b"\n"
 
     @classmethod
-    def from_json(cls, data: Any) -> Record:
-        if not isinstance(data, dict):
-            raise RecordError("not a JSON object")
-        try:
-            return cls(
-                id=int(data["Id"]),
-                uuid=str(data["Uuid"]),
-                key=str(data["Key"]),
-                mail_from=str(data["MailFrom"]),
-                auth_user=str(data.get("AuthUser", "")),
-                rcpt_to=str(data["RcptTo"]),
-                message_id=str(data.get("MessageId", "")),
-                host=str(data["Host"]),
-                added_at=parse_time(data["AddedAt"]) or now(),
-                next_delivery_at=parse_time(data["NextDeliveryScheduledAt"]) or now(),
-                status=Status(int(data["Status"])),
-                delivery_failed_count=int(data.get("DeliveryFailedCount", 0)),
-                size=int(data.get("Size", 0)),
-                client_addr=str(data.get("ClientAddr", "")),
-                last_error=str(data.get("LastError", "")),
-                last_attempt_at=parse_time(data.get("LastAttemptAt", "")),
-                delay_warned=bool(data.get("DelayWarned", False)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RecordError(f"not a queue record: {exc!r}") from exc
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        """A record from JSON that :func:`parse_record` checked."""
+        return cls(
+            id=data["Id"],
+            uuid=data["Uuid"],
+            key=data["Key"],
+            mail_from=data["MailFrom"],
+            auth_user=data.get("AuthUser", ""),
+            rcpt_to=data["RcptTo"],
+            message_id=data.get("MessageId", ""),
+            host=data["Host"],
+            added_at=parse_time(data["AddedAt"]) or now(),
+            next_delivery_at=parse_time(data["NextDeliveryScheduledAt"]) or now(),
+            status=Status(data["Status"]),
+            delivery_failed_count=data.get("DeliveryFailedCount", 0),
+            size=data.get("Size", 0),
+            client_addr=data.get("ClientAddr", ""),
+            last_error=data.get("LastError", ""),
+            last_attempt_at=parse_time(data.get("LastAttemptAt", "")),
+            delay_warned=data.get("DelayWarned", False),
+        )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Record:
-        try:
-            return cls.from_json(json.loads(data))
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"invalid JSON: {exc}") from exc
+    def from_bytes(cls, data: bytes, record_id: int | None = None) -> Record:
+        """Parse a record file; :class:`RecordError` if it is not a record (of ``record_id``)."""
+        return cls.from_json(parse_record(data, record_id))
 
     def evolve(self, **changes: Any) -> Record:
         return replace(self, **changes)

@@ -19,44 +19,27 @@ Crash safety rests on three rules:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from tmail import fsutil
 from tmail.faults import fault_point
-from tmail.message import extract_message_id
 from tmail.queue import locks
+from tmail.queue.enqueue import Enqueuer, Envelope
 from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
-from tmail.queue.layout import UUID_PATTERN, QueueLayout, record_ids, valid_id
-from tmail.queue.record import Record, RecordError, Status, now
+from tmail.queue.layout import UUID_PATTERN, QueueLayout, valid_id
+from tmail.queue.record import Record, RecordError, Status, now, parse_record
+from tmail.queue.scan import Scanner
+from tmail.queue.spool import Spool
 
 log = logging.getLogger(__name__)
-
-
-class QueueWriteError(OSError):
-    """The queue could not store a message; nothing of it is visible (the caller says 451)."""
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What the SMTP receiver (or ``sendmail``) hands to :meth:`QueueStore.enqueue_many`."""
-
-    raw: bytes
-    mail_from: str
-    rcpt_to: Sequence[str]
-    auth_user: str = ""
-    client_addr: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,10 +48,6 @@ class QuarantinedRecord:
     path: Path
     reason: str
     quarantined_at: datetime
-
-
-def host_of(address: str) -> str:
-    return address.rpartition("@")[2].lower()
 
 
 class LockedRecord:
@@ -115,6 +94,8 @@ class QueueStore:
         self._ids = IdAllocator(self.layout.counter, block=id_block)
         self._dir_mutex = threading.Lock()
         self._known_dirs: set[Path] = set()
+        self._scan = Scanner(self.layout)
+        self._enqueuer = Enqueuer(self.layout, self._ids, self._ensure_dir, self._notify)
 
     def _create_message_dirs(self) -> None:
         """Create the 4,096 ``messages/`` leaves once; the last one created marks completion."""
@@ -130,95 +111,34 @@ class QueueStore:
 
     def enqueue(
         self,
-        raw: bytes,
+        raw: bytes | Spool,
         mail_from: str,
         rcpt_to: Sequence[str],
         *,
         auth_user: str = "",
         client_addr: str = "",
     ) -> list[Record]:
-        """Store one message for its recipients; durable when this returns."""
-        return self.enqueue_many([Envelope(raw, mail_from, rcpt_to, auth_user, client_addr)])[0]
+        """Store one message for its recipients; durable when this returns, or raises."""
+        [outcome] = self.enqueue_many([Envelope(raw, mail_from, rcpt_to, auth_user,
+                                                client_addr)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-    def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[list[Record]]:
+    def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[list[Record] | Exception]:
         """Store several messages with one round of ``fsync``s (group commit).
 
-        Either every message of the batch is durable and visible when this returns, or an
-        exception is raised and none of them is visible.
+        Returns one outcome per envelope, in order: its records, durable and visible, or the
+        exception that failed that message alone (:class:`QueueWriteError` for a write
+        error, :class:`EnvelopeError` for data a record cannot hold). Nothing of a failed
+        message stays in the queue tree, whatever the exception (see ``enqueue.py``).
         """
-        if any(not envelope.rcpt_to for envelope in envelopes):
-            raise ValueError("a message needs at least one recipient")
-        ids = iter(self._ids.allocate(sum(len(e.rcpt_to) for e in envelopes)))
-        staged: list[tuple[Path, list[Record]]] = []
-        try:
-            for envelope in envelopes:
-                raw_tmp = fsutil.write_temp(self.layout.tmp, envelope.raw, sync=False)
-                staged.append((raw_tmp, self._new_records(envelope, ids)))
-            return self._publish(staged)
-        except OSError as exc:
-            self._unstage(staged)
-            raise QueueWriteError(exc.errno, f"cannot write to the queue: {exc}") from exc
+        return self._enqueuer.enqueue_many(envelopes)
 
-    def _new_records(self, envelope: Envelope, ids: Iterator[int]) -> list[Record]:
-        uuid = secrets.token_hex(20)
-        key = hashlib.sha1(envelope.raw).hexdigest()
-        message_id = extract_message_id(envelope.raw)
-        moment = now()
-        return [
-            Record(
-                id=next(ids),
-                uuid=uuid,
-                key=key,
-                mail_from=envelope.mail_from,
-                auth_user=envelope.auth_user,
-                rcpt_to=rcpt,
-                message_id=message_id,
-                host=host_of(rcpt),
-                added_at=moment,
-                next_delivery_at=moment,
-                status=Status.SCHEDULED,
-                size=len(envelope.raw),
-                client_addr=envelope.client_addr,
-            )
-            for rcpt in envelope.rcpt_to
-        ]
-
-    def _publish(self, staged: list[tuple[Path, list[Record]]]) -> list[list[Record]]:
-        # 1. The raw bytes reach the disk under their Uuid name before any record appears.
-        fsutil.fsync_files(raw_tmp for raw_tmp, _ in staged)
-        fault_point("enqueue:raw-written")
-        for raw_tmp, records in staged:
-            os.rename(raw_tmp, self.layout.message_raw(records[0].uuid))
-        fsutil.fsync_dirs(self.layout.message_dir(records[0].uuid) for _, records in staged)
-        fault_point("enqueue:raw-linked")
-        # 2. Each record gets its link to the raw file, then appears by one rename. A crash
-        #    between the two leaves a record without its link: ``_relink`` repairs it.
-        json_tmps = []
-        for _, records in staged:
-            for record in records:
-                self._ensure_dir(self.layout.record_dir(record.id))
-                os.link(self.layout.message_raw(record.uuid), self.layout.record_raw(record.id))
-                json_tmps.append(
-                    (fsutil.write_temp(self.layout.tmp, record.to_bytes(), sync=False), record)
-                )
-        fsutil.fsync_files(tmp for tmp, _ in json_tmps)
-        for tmp, record in json_tmps:
-            os.rename(tmp, self.layout.record_json(record.id))
-            fault_point("enqueue:record-renamed")
-        fsutil.fsync_dirs(self.layout.record_dir(record.id) for _, record in json_tmps)
-        self._notify([record.id for _, record in json_tmps])
-        return [records for _, records in staged]
-
-    def _unstage(self, staged: list[tuple[Path, list[Record]]]) -> None:
-        """Undo a failed enqueue: no record of the batch may stay visible."""
-        for raw_tmp, records in staged:
-            for record in records:
-                for path in (self.layout.record_json(record.id), self.layout.record_raw(record.id)):
-                    with contextlib.suppress(OSError):
-                        fsutil.unlink_quietly(path)
-            for path in (raw_tmp, self.layout.message_raw(records[0].uuid)):
-                with contextlib.suppress(OSError):
-                    fsutil.unlink_quietly(path)
+    def spool(self) -> Spool:
+        """A temp file in ``tmp/`` to write an arriving message into; pass it as an
+        :class:`Envelope`'s ``raw`` to enqueue it without a copy."""
+        return Spool(self.layout.tmp)
 
     def _ensure_dir(self, path: Path) -> None:
         if path in self._known_dirs:
@@ -275,13 +195,17 @@ class QueueStore:
 
         An enqueue cut short can leave a record without its ``.eml`` link while the message
         still has its Uuid name: the link is made again. With no raw message at all the
-        record is useless and goes to quarantine.
+        record is useless and goes to quarantine. A link this process may not open (another
+        user's) is skipped and reported once.
         """
+        fd = self._scan.open_record_raw(record.id)
+        if fd is None and not os.path.lexists(self.layout.record_raw(record.id)):
+            self._relink(record)  # missing, not merely someone else's
+            fd = self._scan.open_record_raw(record.id)
+        return fd
+
+    def _relink(self, record: Record) -> None:
         path = self.layout.record_raw(record.id)
-        try:
-            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            pass
         try:
             os.link(self.layout.message_raw(record.uuid), path)
         except FileExistsError:
@@ -289,87 +213,54 @@ class QueueStore:
         except FileNotFoundError:
             if self.layout.record_json(record.id).exists():
                 self.quarantine(record.id, "its raw message is missing")
-            return None
-        try:
-            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:  # removed meanwhile by another process
-            return None
+        except OSError as exc:
+            self._scan.unreadable.note(record.id, path, exc)
 
     def _load(self, record_id: int) -> Record | None:
         if not valid_id(record_id):
             return None
-        path = self.layout.record_json(record_id)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        data = self._scan.read_record(record_id)
+        if data is None:
             return None
         try:
-            record = Record.from_bytes(data)
+            return Record.from_bytes(data, record_id)
         except RecordError as exc:
             self.quarantine(record_id, str(exc))
             return None
-        if record.id != record_id:
-            self.quarantine(record_id, f"file {path.name} holds Id {record.id}")
-            return None
-        return record
 
     def iter_ids(self, after: int = 0) -> Iterator[int]:
         """Every record id in ascending order, without reading the records."""
-        for _, ids in self._iter_leaves(after):
+        for _, ids in self._scan.leaves(after):
             yield from ids
-
-    def _iter_leaves(self, after: int) -> Iterator[tuple[Path, list[int]]]:
-        """Each leaf directory of ``records/`` with its record ids above ``after``, sorted."""
-        for top in _numeric_dirs(self.layout.records):
-            if (int(top.name) + 1) * 1_000_000 <= after:
-                continue
-            for leaf in _numeric_dirs(top):
-                if int(top.name) * 1_000_000 + (int(leaf.name) + 1) * 1000 <= after:
-                    continue
-                try:
-                    names = os.listdir(leaf)
-                except FileNotFoundError:
-                    continue
-                ids = record_ids(names)
-                if after:
-                    ids = [record_id for record_id in ids if record_id > after]
-                if ids:
-                    yield leaf, sorted(ids)
 
     def iter_raw_records(
         self, record_filter: RecordFilter | None = None, *, after: int = 0
     ) -> Iterator[tuple[dict[str, Any], bytes]]:
         """The fast path for listings and counts: (parsed JSON, file bytes) in ``Id`` order.
 
-        Records are checked (a file that is not a record is quarantined) but not turned into
-        :class:`Record` objects, and the API streams the file bytes as they are: at 100,000
-        records that is the difference between a listing in seconds and one in tens of them.
-        Files are opened relative to their leaf directory (one path walk per thousand records)
-        and read with a small buffer: both showed up first in the profile of a 100k summary.
+        Records are checked exactly as :meth:`get` checks them (``parse_record``; a file that
+        is not a record is quarantined) but not turned into :class:`Record` objects, and the
+        API streams the file bytes as they are: at 100,000 records that is the difference
+        between a listing in seconds and one in tens of them. Files are opened relative to
+        their leaf directory (one path walk per thousand records).
         """
         moment = now()
-        for leaf, ids in self._iter_leaves(after):
-            try:
-                leaf_fd = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except FileNotFoundError:
+        for leaf, ids in self._scan.leaves(after):
+            leaf_fd = self._scan.open_dir(leaf)
+            if leaf_fd is None:
                 continue
             try:
                 for record_id in ids:
-                    data = _read_at(leaf_fd, f"{record_id}.json")
+                    data = self._scan.read_record(record_id, leaf_fd)
                     if data is None:
-                        continue  # removed while we walked
+                        continue  # removed while we walked, or not ours to read
                     try:
-                        parsed = orjson.loads(data)
-                        if not isinstance(parsed, dict) or parsed.get("Id") != record_id:
-                            raise RecordError("not a queue record")
-                        if record_filter is not None and not record_filter.matches_json(
-                            parsed, moment
-                        ):
-                            continue
-                    except (ValueError, TypeError, KeyError) as exc:
-                        self.quarantine(record_id, f"unreadable record: {exc}")
+                        parsed = parse_record(data, record_id)
+                    except RecordError as exc:
+                        self.quarantine(record_id, str(exc))
                         continue
-                    yield parsed, data.rstrip(b"\n")
+                    if record_filter is None or record_filter.matches_json(parsed, moment):
+                        yield parsed, data.rstrip(b"\n")
             finally:
                 os.close(leaf_fd)
 
@@ -391,10 +282,13 @@ class QueueStore:
     def read_raw(self, record_id: int) -> bytes | None:
         if not valid_id(record_id):
             return None
-        try:
-            return self.layout.record_raw(record_id).read_bytes()
-        except FileNotFoundError:
+        fd = self._scan.open_record_raw(record_id)
+        if fd is None:
             return None
+        try:
+            return os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
 
     # --- changing --------------------------------------------------------------------------
 
@@ -427,9 +321,8 @@ class QueueStore:
         if not valid_id(record_id):
             yield None
             return
-        try:
-            fd = os.open(self.layout.record_raw(record_id), os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = self._scan.open_record_raw(record_id)
+        if fd is None:
             yield None
             return
         try:
@@ -458,59 +351,75 @@ class QueueStore:
     # --- quarantine and cleanup ------------------------------------------------------------
 
     def quarantine(self, record_id: int, reason: str) -> None:
-        """Move an unusable record aside (never delete it) and say so in the log."""
+        """Move an unusable record aside (never delete it) and say so in the log.
+
+        When it cannot be moved (another user's directory), it is left where it is and
+        reported once: readers skip it either way.
+        """
         target = self.layout.quarantine
         moved = False
-        for path in (self.layout.record_json(record_id), self.layout.record_raw(record_id)):
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(path, target / path.name)
-                moved = True
+        try:
+            for path in (self.layout.record_json(record_id), self.layout.record_raw(record_id)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(path, target / path.name)
+                    moved = True
+            if moved:
+                (target / f"{record_id}.reason").write_text(f"{now().isoformat()} {reason}\n")
+                fsutil.fsync_dirs([target, self.layout.record_dir(record_id)])
+        except OSError as exc:
+            log.error("queue record %d cannot be quarantined (%s): %s", record_id, exc, reason)
+            return
         if moved:
-            (target / f"{record_id}.reason").write_text(f"{now().isoformat()} {reason}\n")
-            fsutil.fsync_dirs([target, self.layout.record_dir(record_id)])
             log.error("queue record %d quarantined: %s", record_id, reason)
 
     def quarantined(self) -> list[QuarantinedRecord]:
         found = []
-        for reason_file in sorted(self.layout.quarantine.glob("*.reason")):
-            stamp, _, reason = reason_file.read_text().strip().partition(" ")
-            found.append(
-                QuarantinedRecord(
-                    id=int(reason_file.stem),
-                    path=reason_file.with_suffix(".json"),
-                    reason=reason,
-                    quarantined_at=datetime.fromisoformat(stamp),
-                )
-            )
+        for entry in self._scan.entries(self.layout.quarantine):
+            stem, _, suffix = entry.name.partition(".")
+            if suffix != "reason" or not stem.isdigit():
+                continue
+            try:
+                stamp, _, reason = Path(entry.path).read_text().strip().partition(" ")
+                moment = datetime.fromisoformat(stamp)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read %s: %s", entry.path, exc)
+                continue
+            found.append(QuarantinedRecord(id=int(stem), path=Path(entry.path).with_suffix(
+                ".json"), reason=reason, quarantined_at=moment))
         return sorted(found, key=lambda item: item.id)
 
     def cleanup(self, grace: float) -> int:
         """Remove crash leftovers older than ``grace`` seconds; returns how many.
 
-        Leftovers: temp files, record ``.eml`` links without a ``.json`` (a removal cut short),
-        and raw messages whose only name is their Uuid (an enqueue cut short).
+        Leftovers: temp files (spools of a killed receiver too), record ``.eml`` links without
+        a ``.json`` (a removal cut short), and raw messages whose only name is their Uuid (an
+        enqueue cut short). One that cannot be removed is left for the next cleanup.
         """
         deadline = now().timestamp() - grace
-        removed = 0
-        for entry in _scan(self.layout.tmp):
-            if entry.stat().st_mtime < deadline:
-                removed += fsutil.unlink_quietly(entry.path)
-        for top in _numeric_dirs(self.layout.records):
-            for leaf in _numeric_dirs(top):
-                for entry in _scan(leaf):
-                    if (
-                        entry.name.endswith(".eml")
-                        and entry.stat().st_mtime < deadline
-                        and not os.path.exists(entry.path[: -len(".eml")] + ".json")
-                    ):
-                        removed += fsutil.unlink_quietly(entry.path)
-        for leaf in _scan(self.layout.messages):
-            for entry in _scan(Path(leaf.path)):
-                info = entry.stat()
-                if info.st_nlink <= 1 and info.st_mtime < deadline:
-                    removed += fsutil.unlink_quietly(entry.path)
+        removed = self._remove_all(entry for entry in self._scan.entries(self.layout.tmp)
+                                   if _older(entry, deadline))
+        for top in self._scan.numeric_dirs(self.layout.records):
+            for leaf in self._scan.numeric_dirs(top):
+                removed += self._remove_all(
+                    entry for entry in self._scan.entries(leaf)
+                    if entry.name.endswith(".eml") and _older(entry, deadline)
+                    and not os.path.lexists(entry.path[: -len(".eml")] + ".json")
+                )
+        # Last, as removing record links above can leave a message with its Uuid name only.
+        for leaf in self._scan.entries(self.layout.messages):
+            removed += self._remove_all(entry for entry in self._scan.entries(Path(leaf.path))
+                                        if _older(entry, deadline, only_link=True))
         if removed:
             log.warning("queue cleanup removed %d leftovers of interrupted writes", removed)
+        return removed
+
+    def _remove_all(self, entries: Iterable[os.DirEntry[str]]) -> int:
+        removed = 0
+        for entry in entries:
+            try:
+                removed += fsutil.unlink_quietly(entry.path)
+            except OSError as exc:  # someone else's: left for them, reported once
+                self._scan.unreadable.note(entry.path, entry.path, exc)
         return removed
 
     def find_uuid(self, uuid: str) -> Path | None:
@@ -521,38 +430,11 @@ class QueueStore:
         return path if path.exists() else None
 
 
-def _read_at(dir_fd: int, name: str) -> bytes | None:
-    """The whole file ``name`` in ``dir_fd``, or ``None`` when it is gone.
-
-    A record is a few hundred bytes: one small read does it. Asking ``os.read`` for a big
-    buffer instead costs a large allocation per call, which dominated listing time.
-    """
+def _older(entry: os.DirEntry[str], deadline: float, *, only_link: bool = False) -> bool:
+    """Whether ``entry`` was last changed before ``deadline`` (and, with ``only_link``, has
+    no other name left); a file gone meanwhile is not a leftover."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    try:
-        data = os.read(fd, 8192)
-        if len(data) < 8192:
-            return data
-        chunks = [data]
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _scan(path: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as entries:
-            return list(entries)
-    except FileNotFoundError:
-        return []
-
-
-def _numeric_dirs(path: Path) -> list[Path]:
-    return sorted(
-        (Path(entry.path) for entry in _scan(path) if entry.name.isdigit() and entry.is_dir()),
-        key=lambda p: int(p.name),
-    )
+        info = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    return info.st_mtime < deadline and (not only_link or info.st_nlink <= 1)

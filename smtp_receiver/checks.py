@@ -1,0 +1,57 @@
+"""What a client says about itself and its addresses, checked before anything is kept.
+
+Every value checked here ends up in a header we write (``Received: from <helo>``, ``for
+<rcpt>``), in a queue record or in a log line, so none may carry a CR, an LF, a control
+character or bytes that are not UTF-8.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tmail.address import Address, AddressError, parse_domain
+
+# RFC 1123 host names, one label allowed (Windows clients say "EHLO DESKTOP-1A2B3C"), with
+# the underscore Postfix's valid_hostname() tolerates too.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def valid_helo(argument: str) -> bool:
+    """A host name or an address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``)."""
+    if argument.startswith("["):
+        try:
+            parse_domain(argument)
+        except AddressError:
+            return False
+        return True
+    return len(argument) <= 255 and _HOSTNAME.fullmatch(argument) is not None
+
+
+# AddressError.reason -> (reply for MAIL FROM, reply for RCPT TO); RFC 3463's X.1.7 is the
+# sender's mailbox, X.1.3 the recipient's; RFC 6531 §3.5 gives 5.6.7 for a non-ASCII
+# address where SMTPUTF8 was not negotiated.
+_REFUSALS = {
+    "syntax": ("501 5.1.7 Bad sender address syntax", "501 5.1.3 Bad recipient address syntax"),
+    "encoding": ("553 5.1.7 Sender address is not valid UTF-8",
+                 "553 5.1.3 Recipient address is not valid UTF-8"),
+    "non_ascii": ("553 5.6.7 Non-ASCII sender address requires SMTPUTF8",
+                  "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8"),
+}
+
+
+def parse_address(text: str, *, smtputf8: bool, sender: bool) -> Address | str:
+    """The address, or the reply that refuses it."""
+    try:
+        return Address.parse(text, allow_utf8=smtputf8)
+    except AddressError as exc:
+        replies = _REFUSALS.get(exc.reason, _REFUSALS["syntax"])
+        return replies[0] if sender else replies[1]
+
+
+def printable(text: str) -> str:
+    """``text`` safe for one log line: control characters and undecodable bytes escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROLS)
+
+
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]}

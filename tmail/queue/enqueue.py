@@ -1,0 +1,289 @@
+"""Enqueue with group commit: several messages share one round of ``fsync``s, and each one
+succeeds or fails on its own.
+
+A message goes through three steps (see the module docstring of ``store.py`` for the rules):
+
+1. *staging* (per message): the envelope is checked, its raw bytes are in a temp file (a
+   :class:`Spool`, or bytes written into one), its records are built and serialised into temp
+   files. Anything that goes wrong here (bad data, a full disk) drops that message only.
+2. *publishing* (the batch, in phases): every temp file is ``fsync``ed together, the raw files
+   are renamed into ``messages/``, the record links are made, the records appear by rename,
+   and the directories are ``fsync``ed together. A failure is charged to the message it hit.
+3. *cleanup* of every message that failed, whatever the exception: its records, links, raw
+   file and temp files are removed, so nothing of it stays visible.
+
+The result is one outcome per envelope, in order: its records, or the exception that failed
+it (like ``asyncio.gather(..., return_exceptions=True)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tmail import fsutil
+from tmail.faults import fault_point
+from tmail.message import extract_message_id
+from tmail.queue.errors import EnvelopeError, QueueWriteError
+from tmail.queue.ids import IdAllocator
+from tmail.queue.layout import QueueLayout
+from tmail.queue.record import Record, Status, now
+from tmail.queue.spool import Spool, SpooledFile
+
+Outcome = list[Record] | Exception
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the SMTP receiver (or ``sendmail``) hands to ``QueueStore.enqueue_many``.
+
+    ``raw`` is the whole message, either as bytes or as a :class:`Spool` it was written into
+    while it arrived; a spool is consumed by the enqueue, whatever its outcome.
+    """
+
+    raw: bytes | Spool
+    mail_from: str
+    rcpt_to: Sequence[str]
+    auth_user: str = ""
+    client_addr: str = ""
+
+
+def host_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def check_envelope(envelope: Envelope) -> None:
+    """Refuse what a record cannot hold faithfully, before any file is written.
+
+    Records are UTF-8 JSON read by the runner, the API and ops tools: an address with a lone
+    surrogate (8-bit bytes aiosmtpd decoded with ``surrogateescape``) cannot be written at all,
+    and one with a control character would forge log lines or SMTP commands downstream.
+    """
+    if not envelope.rcpt_to:
+        raise EnvelopeError("a message needs at least one recipient")
+    fields = [("sender", envelope.mail_from), ("authenticated user", envelope.auth_user),
+              ("client address", envelope.client_addr)]
+    fields += [("recipient", rcpt) for rcpt in envelope.rcpt_to]
+    for name, value in fields:
+        _check_text(name, value)
+
+
+def _check_text(name: str, value: str) -> None:
+    if not isinstance(value, str):
+        raise EnvelopeError(f"the {name} is not text: {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EnvelopeError(f"the {name} {value!r} is not valid UTF-8") from exc
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise EnvelopeError(f"the {name} {value!r} contains a control character")
+
+
+@dataclass
+class _Staged:
+    """One message on its way into the queue, with every file that is still to be undone."""
+
+    index: int
+    raw: SpooledFile
+    records: list[Record]
+    json_tmps: list[Path] = field(default_factory=list)
+    error: Exception | None = None
+
+    @property
+    def uuid(self) -> str:
+        return self.records[0].uuid
+
+
+class Enqueuer:
+    """The enqueue path of one store (its layout, its id allocator, its known directories)."""
+
+    def __init__(self, layout: QueueLayout, ids: IdAllocator,
+                 ensure_dir: Callable[[Path], None], notify: Callable[[list[int]], None]) -> None:
+        self.layout = layout
+        self._ids = ids
+        self._ensure_dir = ensure_dir
+        self._notify = notify
+
+    def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(envelopes)
+        staged: list[_Staged] = []
+        try:
+            files = [self._take_raw(envelope, outcomes, index)
+                     for index, envelope in enumerate(envelopes)]
+            ready = [(index, raw) for index, raw in enumerate(files) if raw is not None]
+            ids = iter(self._allocate(envelopes, ready, outcomes))
+            for index, raw in ready:
+                try:
+                    item = _Staged(index, raw, self._new_records(envelopes[index], raw, ids))
+                except Exception as exc:
+                    _remove(raw.path)
+                    outcomes[index] = _as_outcome(exc)
+                    continue
+                staged.append(item)
+                self._step([item], self._write_records)
+            self._publish([item for item in staged if item.error is None])
+        except BaseException:  # KeyboardInterrupt, or a bug here: undo everything not done
+            for item in staged:
+                if outcomes[item.index] is None and item.error is None:
+                    item.error = RuntimeError("enqueue interrupted")
+            self._finish(staged, outcomes)
+            raise
+        self._finish(staged, outcomes)
+        return [outcome if outcome is not None else RuntimeError("not enqueued")
+                for outcome in outcomes]
+
+    # --- staging -------------------------------------------------------------------------
+
+    def _take_raw(self, envelope: Envelope, outcomes: list[Outcome | None],
+                  index: int) -> SpooledFile | None:
+        """The message's checked envelope and complete temp file, or ``None`` (and its
+        outcome set) when it cannot be queued. A spool is consumed either way."""
+        spool = envelope.raw if isinstance(envelope.raw, Spool) else None
+        try:
+            check_envelope(envelope)
+            if spool is None:
+                spool = Spool(self.layout.tmp)
+                spool.write(envelope.raw)  # type: ignore[arg-type]
+            return spool.take()
+        except Exception as exc:
+            if spool is not None:
+                spool.discard()
+            outcomes[index] = _as_outcome(exc)
+            return None
+
+    def _allocate(self, envelopes: Sequence[Envelope], ready: list[tuple[int, SpooledFile]],
+                  outcomes: list[Outcome | None]) -> list[int]:
+        try:
+            return self._ids.allocate(sum(len(envelopes[index].rcpt_to) for index, _ in ready))
+        except Exception as exc:
+            for index, raw in ready:
+                _remove(raw.path)
+                outcomes[index] = _as_outcome(exc)
+            ready.clear()
+            return []
+
+    def _new_records(self, envelope: Envelope, raw: SpooledFile,
+                     ids: Iterable[int]) -> list[Record]:
+        uuid = secrets.token_hex(20)
+        message_id = extract_message_id(raw.headers)
+        moment = now()
+        id_iter = iter(ids)
+        return [
+            Record(
+                id=next(id_iter),
+                uuid=uuid,
+                key=raw.key,
+                mail_from=envelope.mail_from,
+                auth_user=envelope.auth_user,
+                rcpt_to=rcpt,
+                message_id=message_id,
+                host=host_of(rcpt),
+                added_at=moment,
+                next_delivery_at=moment,
+                status=Status.SCHEDULED,
+                size=raw.size,
+                client_addr=envelope.client_addr,
+            )
+            for rcpt in envelope.rcpt_to
+        ]
+
+    def _write_records(self, item: _Staged) -> None:
+        for record in item.records:
+            item.json_tmps.append(
+                fsutil.write_temp(self.layout.tmp, record.to_bytes(), sync=False))
+        fault_point("enqueue:staged")
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def _publish(self, staged: list[_Staged]) -> None:
+        # 1. The raw bytes reach the disk under their Uuid name before any record appears.
+        self._sync_files(staged, lambda item: [item.raw.path, *item.json_tmps])
+        self._step(staged, self._link_raw)
+        self._sync_dirs(staged, lambda item: [self.layout.message_dir(item.uuid)])
+        # 2. Each record gets its link to the raw file, then appears by one rename. A crash
+        #    between the two leaves a record without its link: the store's reader repairs it.
+        self._step(staged, self._show_records)
+        self._sync_dirs(staged, lambda item: [self.layout.record_dir(r.id) for r in item.records])
+        self._notify([record.id for item in staged if item.error is None
+                      for record in item.records])
+
+    def _link_raw(self, item: _Staged) -> None:
+        fault_point("enqueue:raw-written")
+        os.rename(item.raw.path, self.layout.message_raw(item.uuid))
+
+    def _show_records(self, item: _Staged) -> None:
+        fault_point("enqueue:raw-linked")
+        for record, tmp in zip(item.records, item.json_tmps, strict=True):
+            self._ensure_dir(self.layout.record_dir(record.id))
+            os.link(self.layout.message_raw(record.uuid), self.layout.record_raw(record.id))
+            os.rename(tmp, self.layout.record_json(record.id))
+            fault_point("enqueue:record-renamed")
+
+    def _step(self, staged: list[_Staged], action: Callable[[_Staged], None]) -> None:
+        for item in staged:
+            if item.error is None:
+                try:
+                    action(item)
+                except Exception as exc:
+                    item.error = exc
+
+    def _sync_files(self, staged: list[_Staged],
+                    paths: Callable[[_Staged], list[Path]]) -> None:
+        live = [item for item in staged if item.error is None]
+        failed = fsutil.fsync_each(path for item in live for path in paths(item))
+        _charge(live, paths, failed)
+
+    def _sync_dirs(self, staged: list[_Staged],
+                   paths: Callable[[_Staged], list[Path]]) -> None:
+        live = [item for item in staged if item.error is None]
+        failed = fsutil.fsync_each((path for item in live for path in paths(item)),
+                                   directories=True)
+        _charge(live, paths, failed)
+
+    # --- the end of a batch --------------------------------------------------------------
+
+    def _finish(self, staged: list[_Staged], outcomes: list[Outcome | None]) -> None:
+        for item in staged:
+            if item.error is None:
+                outcomes[item.index] = item.records
+            else:
+                self._undo(item)
+                outcomes[item.index] = _as_outcome(item.error)
+
+    def _undo(self, item: _Staged) -> None:
+        """Remove every file of a failed message; a record first, so none is seen torn."""
+        paths = [path for record in item.records
+                 for path in (self.layout.record_json(record.id),
+                              self.layout.record_raw(record.id))]
+        paths += [*item.json_tmps, item.raw.path, self.layout.message_raw(item.uuid)]
+        for path in paths:
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):  # what cannot go now, cleanup() takes later
+        fsutil.unlink_quietly(path)
+
+
+def _charge(live: list[_Staged], paths: Callable[[_Staged], list[Path]],
+            failed: dict[Path, OSError]) -> None:
+    """Fail each message one of whose paths failed (a shared directory fails them all)."""
+    if failed:
+        for item in live:
+            errors = [failed[path] for path in paths(item) if path in failed]
+            if errors:
+                item.error = errors[0]
+
+
+def _as_outcome(exc: Exception) -> Exception:
+    """A write error becomes this message's own :class:`QueueWriteError` (errno kept)."""
+    if isinstance(exc, OSError) and not isinstance(exc, QueueWriteError):
+        error = QueueWriteError(exc.errno, f"cannot write to the queue: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc

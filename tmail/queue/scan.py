@@ -1,0 +1,142 @@
+"""Walking and reading the queue tree without ever failing on one file.
+
+The queue is shared by several processes and, sometimes, by several users: a cron job that
+runs ``sendmail`` as root, an admin's CLI. A file or directory that the current process
+cannot read must cost it that one file, not the whole sweep, listing or summary: it is
+skipped and reported once per process (not at every sweep), with what to do about it. A file
+that vanishes while we walk (another process removed it) is simply skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from tmail.queue.layout import QueueLayout, record_ids
+
+log = logging.getLogger("tmail.queue")
+
+_MAX_REMEMBERED = 10_000  # bounded: a queue full of foreign files must not grow memory
+
+
+class Unreadable:
+    """What this process could not read, so that each one is logged once."""
+
+    def __init__(self) -> None:
+        self._seen: set[str | int] = set()
+        self._mutex = threading.Lock()
+
+    def note(self, key: str | int, path: Path | str, exc: OSError) -> None:
+        """Report ``path`` (a record, keyed by its Id, or a directory) the first time."""
+        with self._mutex:
+            if key in self._seen:
+                return
+            if len(self._seen) >= _MAX_REMEMBERED:
+                self._seen.clear()
+            self._seen.add(key)
+        try:
+            owner = os.stat(path).st_uid
+        except OSError:
+            owner = -1
+        log.warning(
+            "cannot read %s (%s; owned by uid %d, we are uid %d): skipped until it is fixed; "
+            "if another user (root?) wrote it, chown it to the queue's owner",
+            path, exc.strerror or exc, owner, os.geteuid(),
+        )
+
+
+class Scanner:
+    """Directory walks and small reads over one queue tree."""
+
+    def __init__(self, layout: QueueLayout) -> None:
+        self.layout = layout
+        self.unreadable = Unreadable()
+
+    def entries(self, path: Path) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as entries:
+                return list(entries)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            self.unreadable.note(str(path), path, exc)
+            return []
+
+    def numeric_dirs(self, path: Path) -> list[Path]:
+        return sorted(
+            (Path(entry.path) for entry in self.entries(path)
+             if entry.name.isdigit() and entry.is_dir()),
+            key=lambda p: int(p.name),
+        )
+
+    def leaves(self, after: int = 0) -> Iterator[tuple[Path, list[int]]]:
+        """Each leaf directory of ``records/`` with its record ids above ``after``, sorted."""
+        for top in self.numeric_dirs(self.layout.records):
+            if (int(top.name) + 1) * 1_000_000 <= after:
+                continue
+            for leaf in self.numeric_dirs(top):
+                if int(top.name) * 1_000_000 + (int(leaf.name) + 1) * 1000 <= after:
+                    continue
+                ids = record_ids([entry.name for entry in self.entries(leaf)])
+                if after:
+                    ids = [record_id for record_id in ids if record_id > after]
+                if ids:
+                    yield leaf, sorted(ids)
+
+    def open_dir(self, path: Path) -> int | None:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.unreadable.note(str(path), path, exc)
+            return None
+
+    def read_record(self, record_id: int, dir_fd: int | None = None) -> bytes | None:
+        """The bytes of record ``record_id``'s file, or ``None`` when it is gone or cannot
+        be read (reported once). With ``dir_fd`` (its leaf, open) no path is walked."""
+        name = f"{record_id}.json"
+        try:
+            if dir_fd is None:
+                fd = os.open(self.layout.record_json(record_id), os.O_RDONLY | os.O_CLOEXEC)
+            else:
+                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.unreadable.note(record_id, self.layout.record_json(record_id), exc)
+            return None
+        try:
+            return _read_all(fd)
+        except OSError as exc:
+            self.unreadable.note(record_id, self.layout.record_json(record_id), exc)
+            return None
+        finally:
+            os.close(fd)
+
+    def open_record_raw(self, record_id: int) -> int | None:
+        """An ``O_RDWR`` fd of the record's ``.eml`` link (locks are taken through it), or
+        ``None`` when it is gone or not ours (reported once)."""
+        path = self.layout.record_raw(record_id)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.unreadable.note(record_id, path, exc)
+            return None
+
+
+def _read_all(fd: int) -> bytes:
+    """A record is a few hundred bytes: one small read does it. Asking ``os.read`` for a big
+    buffer instead costs a large allocation per call, which dominated listing time."""
+    data = os.read(fd, 8192)
+    if len(data) < 8192:
+        return data
+    chunks = [data]
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
