@@ -55,6 +55,9 @@ class GroupCommitter:
             await room.wait_for(lambda: self._in_hand < self._max_pending)
             self._in_hand += 1
         future: asyncio.Future[list[Record]] = asyncio.get_running_loop().create_future()
+        # A session that went away before its answer must not leave "exception never
+        # retrieved" noise in the log: its outcome is read here in any case.
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._pending.append((envelope, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())

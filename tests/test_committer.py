@@ -66,8 +66,11 @@ def test_submit_waits_for_room_when_too_many_messages_are_pending(tmp_path: Path
         fcntl.flock(fd, fcntl.LOCK_EX)  # another process allocating ids: the batch stalls
         try:
             tasks = [asyncio.create_task(committer.submit(envelope(n))) for n in range(20)]
-            for _ in range(50):
+            for _ in range(3000):  # up to 30 s on a loaded machine
+                if committer.pending == 6:
+                    break
                 await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # and it stays there: nobody gets past the cap
             assert committer.pending == 6  # the other 14 wait in submit, holding nothing
             assert not any(task.done() for task in tasks)
         finally:

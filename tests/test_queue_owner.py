@@ -40,6 +40,19 @@ READER = textwrap.dedent(
     """
 )
 
+DELIVER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from tmail.queue import QueueStore
+    store = QueueStore(Path(sys.argv[1]))
+    with store.claimed(1) as fd, store.locked(1) as locked:
+        assert fd is not None and locked is not None
+        locked.remove()
+    print("delivered")
+    """
+)
+
 
 def run_as_nobody(python: list[str], *args: str,
                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -110,6 +123,11 @@ def test_the_cli_run_by_root_writes_the_queue_as_its_owner() -> None:
         assert done.returncode == 0, done.stderr
         [record] = [json.loads(line) for line in done.stdout.splitlines()]
         assert record["RcptTo"] == "ops@example.org" and record["Status"] == 4
+        # and it can do what a delivery does: claim the record, then remove it and its message
+        done = run_as_nobody(python, "-c", DELIVER, str(data / "queue"))
+        assert done.stdout.strip() == "delivered", done.stderr
+        assert list((data / "queue").rglob("*.json")) == []
+        assert list((data / "queue" / "messages").rglob("*.eml")) == []
 
 
 def test_the_cli_refuses_a_queue_it_cannot_write_as_its_owner() -> None:

@@ -95,3 +95,10 @@ def test_spool_left_by_a_crash_is_removed_by_cleanup(store: QueueStore) -> None:
     assert store.cleanup(grace=3600) == 0
     assert store.cleanup(grace=0) == 1
     assert spool_files(store) == []
+
+
+def test_a_spool_dropped_without_enqueue_or_discard_leaves_no_file(store: QueueStore) -> None:
+    spool = store.spool()
+    spool.write(b"Subject: x\r\n\r\nabandoned by a session that died\r\n")
+    del spool
+    assert spool_files(store) == []

@@ -12,6 +12,7 @@ it after the grace period (its mtime moves at every write, so a live spool is ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -133,7 +134,8 @@ class Spool:
 
     def __del__(self) -> None:  # a spool dropped without enqueue or discard leaves no file
         if getattr(self, "_path", None) is not None:
-            self.discard()
+            with contextlib.suppress(Exception):  # cleanup() takes it if this cannot
+                self.discard()
 
 
 def _write_error(exc: OSError) -> QueueWriteError:
