@@ -76,7 +76,7 @@ def _users(spec: APISpec) -> None:
             "Create a user (its password is hashed twice: bcrypt for tmail, SHA512-CRYPT for "
             "Dovecot).",
             {201: _json("User", "The new user; `Location` names it.")}, (400, 422),
-            body=schemas.UserCreateSchema(exclude=("login",)), path=_LOGIN),
+            body=schemas.UserCreateSchema, path=_LOGIN),
         "put": _operation("Change the user's password.", {204: {"description": "Changed."}},
                           (400, 404, 422), body=schemas.UserPasswordSchema, path=_LOGIN),
         "delete": _operation("Delete a user (the mailbox stays on disk).",

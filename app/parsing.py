@@ -22,12 +22,8 @@ def json_body() -> dict[str, Any]:
     return body
 
 
-def load_body(schema: Schema, **extra: Any) -> dict[str, Any]:
-    body = json_body()
-    clash = sorted(set(body) & set(extra))
-    if clash:
-        raise ValidationError({name: ["Unknown field."] for name in clash})
-    return schema.load({**body, **extra})
+def load_body(schema: Schema) -> dict[str, Any]:
+    return schema.load(json_body())
 
 
 def load_query(schema: Schema) -> dict[str, Any]:
