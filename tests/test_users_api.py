@@ -137,6 +137,11 @@ def test_one_catchall_per_domain(api: ApiServer) -> None:
     ("method", "path", "kwargs", "status"),
     [
         ("post", "/users/x1@tmail.io", {"data": "{not json"}, 400),
+        ("post", "/users/x4@tmail.io", {"data": "[" * 100_000 + "]" * 100_000}, 400),
+        ("put", "/users/x4@tmail.io", {"data": '{"a":' * 100_000}, 400),
+        ("post", "/users/x5@tmail.io", {"data": b'{"passwd": "\xff\xfe secret"}'}, 400),
+        ("post", "/users/x6@tmail.io", {"data": '{"passwd": "\\ud800 secret"}'}, 400),
+        ("post", "/users/x7@tmail.io", {"data": b""}, 400),
         ("post", "/users/x2@tmail.io", {"json": ["a", "list"]}, 400),
         ("post", "/users/x3@tmail.io", {"data": "x" * (1024 * 1024 + 1)}, 413),
         ("get", "/no/such/route", {}, 404),
