@@ -6,6 +6,8 @@ non-loopback address, stops gunicorn with the reason.
 
 import sys
 
+from app.services import sign_in_db
+from app.throttle import SqliteThrottle
 from tmail import config as tmail_config
 from tmail.metrics import Counters
 from tmail.queue import QueueStore
@@ -23,6 +25,7 @@ certfile, keyfile = (str(path) for path in ensure_certificate(_config))
 UserStore(_config.users_db, _config.mailboxes_dir, _config.default_quota)
 QueueStore(_config.queue_dir)
 Counters(_config.metrics_db)
+SqliteThrottle(sign_in_db(_config))
 bind = [str(_config.api_bind)]
 workers = 2
 worker_class = "gthread"
