@@ -1,16 +1,21 @@
 """HTTP Basic authentication of the admin, as tmail's API does it.
 
 The admin credential comes from the configuration and is compared in constant time; no
-password hash is computed per request, so authentication costs microseconds.
+password hash is computed per request, so authentication costs microseconds. Failed sign-ins
+are counted per client IP (:mod:`app.throttle`): past the limit, the client gets ``429 Too
+Many Requests`` with ``Retry-After`` (RFC 6585) and its credentials are not even looked at.
+429 rather than 401: the answer is "not now", whatever the credentials, and a 401 would tell
+the client to try other ones.
 """
 
 from __future__ import annotations
 
 import hmac
 
+from flask import request
 from flask_httpauth import HTTPBasicAuth
 
-from app.errors import error_response
+from app.errors import ApiError, error_response
 from app.services import services
 
 auth = HTTPBasicAuth(realm="tmail")
@@ -18,10 +23,21 @@ auth = HTTPBasicAuth(realm="tmail")
 
 @auth.verify_password
 def verify_password(username: str, password: str) -> str | None:
-    config = services().config
+    tmail = services()
+    client = request.remote_addr or ""
+    wait = tmail.throttle.retry_after(client)
+    if wait:
+        raise ApiError(429, "too many failed sign-ins", f"retry after {wait} seconds",
+                       headers={"Retry-After": str(wait)})
+    config = tmail.config
     user_ok = hmac.compare_digest(username.encode(), config.admin_user.encode())
     password_ok = hmac.compare_digest(password.encode(), config.admin_password.encode())
-    return username if user_ok and password_ok else None
+    if user_ok and password_ok:
+        tmail.throttle.succeeded(client)
+        return username
+    if request.authorization is not None:  # a request without credentials guesses nothing
+        tmail.throttle.failed(client)
+    return None
 
 
 @auth.error_handler

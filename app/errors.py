@@ -20,14 +20,18 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An error a handler raises on purpose: status, message and detail."""
 
-    def __init__(self, status: int, msg: str, raw: str = "") -> None:
+    def __init__(self, status: int, msg: str, raw: str = "",
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(msg)
         self.status, self.msg, self.raw = status, msg, raw
+        self.headers = headers or {}
 
 
-def error_response(status: int, msg: str, raw: str = "") -> Response:
+def error_response(status: int, msg: str, raw: str = "",
+                   headers: dict[str, str] | None = None) -> Response:
     response = jsonify({"msg": msg, "raw": raw})
     response.status_code = status
+    response.headers.update(headers or {})
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Basic realm="tmail"'
     return response
@@ -75,7 +79,7 @@ def _drain_body() -> None:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
-        return error_response(exc.status, exc.msg, exc.raw)
+        return error_response(exc.status, exc.msg, exc.raw, exc.headers)
 
     @app.errorhandler(ValidationError)
     def validation_error(exc: ValidationError) -> Response:

@@ -1,15 +1,21 @@
 """``GET /metrics``: Prometheus' text format, for the queue and for every process's counters.
 
-Queue figures are read from the queue at scrape time (one pass, as the summary does); the
-counters are those every process keeps in the data dir (:mod:`tmail.metrics`). Credentials are
-those of the API unless ``TMAIL_METRICS_PUBLIC`` is true (a scraper on a private network).
+Queue figures come from one pass over the queue (as the summary does), kept for
+``QUEUE_FIGURES_TTL`` seconds per worker: a scraper every second (or several scrapers) must
+not make every worker walk a queue of 100,000 records each time, and a gauge a few seconds
+old is what Prometheus expects anyway. The counters are those every process keeps in the data
+dir (:mod:`tmail.metrics`), read at each scrape. Credentials are those of the API unless
+``TMAIL_METRICS_PUBLIC`` is true (a scraper on a private network).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
+from flask.blueprints import BlueprintSetupState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -17,21 +23,46 @@ from prometheus_client.registry import Collector
 from app.auth import auth
 from app.services import Services, services
 from tmail.metrics import API_REQUESTS, COUNTERS, Counters
-from tmail.queue import Status
-from tmail.queue.summary import summarize
+from tmail.queue import QueueStore, Status
+from tmail.queue.summary import Summary, summarize
 
 bp = Blueprint("metrics", __name__)
 TOP_DOMAINS = 20
+QUEUE_FIGURES_TTL = 5.0
+
+
+class QueueFigures:
+    """The queue's summary, computed again at most every ``ttl`` seconds; concurrent
+    scrapes of a stale one wait for a single pass instead of each making their own."""
+
+    def __init__(self, queue: QueueStore, ttl: float = QUEUE_FIGURES_TTL) -> None:
+        self.queue, self.ttl = queue, ttl
+        self._lock = threading.Lock()
+        self._summary: Summary | None = None
+        self._at = 0.0
+
+    def get(self) -> Summary:
+        with self._lock:
+            if self._summary is None or time.monotonic() - self._at >= self.ttl:
+                self._summary = summarize(self.queue)
+                self._at = time.monotonic()
+            return self._summary
+
+
+@bp.record_once
+def _setup(state: BlueprintSetupState) -> None:
+    state.app.extensions["tmail_queue_figures"] = QueueFigures(
+        state.app.extensions["tmail"].queue)
 
 
 class TmailCollector(Collector):
-    """Builds every metric afresh at each scrape; nothing is kept between scrapes."""
+    """Builds every metric at each scrape, from the cached queue figures and the counters."""
 
-    def __init__(self, tmail: Services) -> None:
-        self.tmail = tmail
+    def __init__(self, tmail: Services, figures: QueueFigures) -> None:
+        self.tmail, self.figures = tmail, figures
 
     def collect(self) -> Iterator[Metric]:
-        summary = summarize(self.tmail.queue)
+        summary = self.figures.get()
         records = GaugeMetricFamily("tmail_queue_records", "Queue records by status.",
                                     labels=["status"])
         for status in Status:
@@ -61,7 +92,7 @@ def _counter_families(counters: Counters) -> Iterator[Metric]:
 
 def _exposition() -> Response:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TmailCollector(services()))
+    registry.register(TmailCollector(services(), current_app.extensions["tmail_queue_figures"]))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 

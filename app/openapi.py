@@ -27,6 +27,7 @@ _REASONS = {
     404: "No such user or message.",
     409: "The operation does not apply to this message in its current state.",
     422: "Invalid fields: `raw` names each field and why.",
+    429: "Too many failed sign-ins from this client IP: wait `Retry-After` seconds.",
 }
 _ID = {"in": "path", "name": "id", "required": True,
        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}, "example": 1,
@@ -53,7 +54,7 @@ def _operation(
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": summary, "responses": {
         str(status): response for status, response in responses.items()}}
-    for status in (*errors, *(() if public else (401,))):
+    for status in (*errors, *(() if public else (401, 429))):
         operation["responses"][str(status)] = _json("Error", _REASONS[status])
     parameters = [path] if path else []
     if query is not None:
@@ -76,7 +77,7 @@ def _users(spec: APISpec) -> None:
             "Create a user (its password is hashed twice: bcrypt for tmail, SHA512-CRYPT for "
             "Dovecot).",
             {201: _json("User", "The new user; `Location` names it.")}, (400, 422),
-            body=schemas.UserCreateSchema(exclude=("login",)), path=_LOGIN),
+            body=schemas.UserCreateSchema, path=_LOGIN),
         "put": _operation("Change the user's password.", {204: {"description": "Changed."}},
                           (400, 404, 422), body=schemas.UserPasswordSchema, path=_LOGIN),
         "delete": _operation("Delete a user (the mailbox stays on disk).",

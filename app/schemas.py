@@ -13,7 +13,6 @@ from tmail.queue import Status
 from tmail.queue.layout import MAX_ID
 from tmail.quota import parse_quota
 
-FORBIDDEN_IN_LOGIN = ("/", "\\", "..", "\x00")
 MAX_COUNT = MAX_ID  # limits and offsets: far beyond any queue, within a C ssize_t
 
 
@@ -46,28 +45,13 @@ def _quota(value: str) -> None:
         raise ValidationError(str(exc)) from None
 
 
-def check_login(login: str, have_mailbox: bool) -> list[str]:
-    """The reasons ``login`` is not acceptable (empty when it is)."""
-    reasons = []
-    if not 4 <= len(login) <= 256:
-        reasons.append(f"must be 4 to 256 characters long (got {len(login)}).")
-    if any(bad in login for bad in FORBIDDEN_IN_LOGIN) or any(c.isspace() for c in login):
-        reasons.append("must not contain '/', '\\', '..', NUL or whitespace.")
-    if have_mailbox:
-        local, at, domain = login.rpartition("@")
-        if not at or not local or "." not in domain or domain.startswith(".") or (
-            domain.endswith(".")) or "@" in local:
-            reasons.append("must be an address such as user@example.org to have a mailbox.")
-    return reasons
-
-
 class UserCreateSchema(Schema):
-    """Body of ``POST /users/LOGIN`` (the login itself comes from the path)."""
+    """Body of ``POST /users/LOGIN``. The login itself comes from the path and is checked by
+    the store (:func:`tmail.users.check_login`), the one check the CLI gets too."""
 
     class Meta:
         unknown = RAISE
 
-    login = fields.String(required=True, load_only=True)
     passwd = fields.String(required=True, validate=_PASSWORD)
     authRelay = StrictBoolean(load_default=False)
     haveMailbox = StrictBoolean(load_default=False)
@@ -76,14 +60,9 @@ class UserCreateSchema(Schema):
 
     @validates_schema(skip_on_field_errors=False)
     def check(self, data: dict[str, Any], **kwargs: Any) -> None:
-        errors: dict[str, list[str]] = {}
-        reasons = check_login(data.get("login", ""), data.get("haveMailbox", False))
-        if reasons:
-            errors["login"] = reasons
         if data.get("isCatchall") and not data.get("haveMailbox"):
-            errors["isCatchall"] = ["a catchall needs a mailbox (haveMailbox: true)."]
-        if errors:
-            raise ValidationError(errors)
+            raise ValidationError("a catchall needs a mailbox (haveMailbox: true).",
+                                  "isCatchall")
 
 
 class UserPasswordSchema(Schema):

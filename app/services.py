@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from flask import current_app
 
+from app.throttle import SignInThrottle, SqliteThrottle
 from tmail.config import Config
 from tmail.metrics import Counters
 from tmail.queue import QueueStore
@@ -20,6 +22,7 @@ class Services:
     queue: QueueStore
     queue_ops: QueueOps
     counters: Counters
+    throttle: SignInThrottle
 
     @classmethod
     def build(cls, config: Config) -> Services:
@@ -31,7 +34,13 @@ class Services:
             queue=queue,
             queue_ops=QueueOps(queue, config.hostname, counters),
             counters=counters,
+            throttle=SqliteThrottle(sign_in_db(config)),
         )
+
+
+def sign_in_db(config: Config) -> Path:
+    """Failed sign-ins per client IP, shared by the API's workers (:mod:`app.throttle`)."""
+    return config.data_dir / "sign-in.db"
 
 
 def services() -> Services:

@@ -32,7 +32,7 @@ def list_users() -> Response:
 @bp.post("/users/<login:login>")
 @auth.login_required
 def create_user(login: str) -> tuple[Response, int, dict[str, str]]:
-    data = load_body(UserCreateSchema(), login=login)
+    data = load_body(UserCreateSchema())
     user = services().users.create(
         login,
         data["passwd"],

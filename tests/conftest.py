@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from tmail import config as tmail_config
 from tmail.config import Config
@@ -61,6 +63,24 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool
     return False
 
 
+def api_session(cert: Path, auth: tuple[str, str] | None = ("admin", "admin")) -> requests.Session:
+    """A client of the API as every well-behaved HTTP/1.1 client is: it reuses connections
+    and sends an idempotent request (GET, PUT, DELETE) again, once or twice, when the reused
+    connection closes without an answer (RFC 9112 section 9.3.1). The server closes a
+    connection idle for its keep-alive timeout, and a request sent at that instant is lost
+    (see gunicorn.conf.py): without these retries, that is the "TLS EOF" of a long test run.
+    POST is not resent: the client cannot know that the server never read it.
+    """
+    session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE would override ``verify``; no proxies
+    session.auth = auth
+    session.verify = str(cert)
+    retry = Retry(total=2, connect=2, read=2, status=0, other=0,
+                  allowed_methods=Retry.DEFAULT_ALLOWED_METHODS, raise_on_status=False)
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    return session
+
+
 def start_api(data_dir: Path, **extra: str) -> ApiServer:
     port = free_port()
     env = tmail_env(data_dir, TMAIL_API_BIND=f"127.0.0.1:{port}", **extra)
@@ -70,10 +90,7 @@ def start_api(data_dir: Path, **extra: str) -> ApiServer:
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     config = tmail_config.load(env)
-    session = requests.Session()
-    session.trust_env = False  # REQUESTS_CA_BUNDLE would override ``verify``; no proxies
-    session.auth = ("admin", "admin")
-    session.verify = str(config.tls_cert_path)
+    session = api_session(config.tls_cert_path)
 
     def ready() -> bool:
         if process.poll() is not None:

@@ -13,6 +13,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.metrics import QUEUE_FIGURES_TTL
 from tests.conftest import REPO, ApiServer, start_api, stop, wait_until
 from tests.sink import Script, Sink
 from tests.test_smtp_receiver import start_receiver
@@ -123,3 +124,33 @@ def test_metrics_need_credentials_unless_public(api: ApiServer, tmp_path: Path) 
         assert anonymous.get(public.url("/queue"), timeout=10).status_code == 401
     finally:
         stop(public.process)
+
+
+@pytest.mark.parametrize("record", [
+    b'{"Id": 1, "AddedAt": "not a time", "Host": "x.test", "Status": 2}',
+    b'{"Id": 1, "Host": ["not", "a", "host"], "Status": 2}',
+    b'{"Id": 1, "AddedAt": "", "Host": "x.test", "Status": "two"}',
+    b'{"Id": 1}',
+    b"\xff not JSON",
+])
+def test_a_record_that_does_not_parse_never_makes_metrics_fail(
+        api: ApiServer, record: bytes) -> None:
+    store = QueueStore(api.config.queue_dir)
+    [first] = store.enqueue(BODY, "s@sender.test", ["one@remote.test"])
+    store.enqueue(BODY, "s@sender.test", ["two@remote.test"])
+    store.layout.record_json(first.id).write_bytes(record)
+    found = samples(api)
+    assert value(found, "tmail_queue_records", status="scheduled") >= 1
+    assert api.session.get(api.url("/queue/summary")).status_code == 200
+
+
+def test_queue_figures_are_cached_between_close_scrapes(api: ApiServer) -> None:
+    """A scraper every second must not make every worker walk the whole queue each time."""
+    store = QueueStore(api.config.queue_dir)
+    store.enqueue(BODY, "s@sender.test", ["one@remote.test"])
+    scheduled = [value(samples(api), "tmail_queue_records", status="scheduled")
+                 for _ in range(4)]  # both workers have scraped once, most likely
+    store.enqueue(BODY, "s@sender.test", ["two@remote.test"])
+    assert value(samples(api), "tmail_queue_records", status="scheduled") == scheduled[-1] == 1
+    assert wait_until(lambda: value(samples(api), "tmail_queue_records",
+                                    status="scheduled") == 2, timeout=QUEUE_FIGURES_TTL * 4)

@@ -6,11 +6,15 @@ import email
 import json
 import subprocess
 import sys
+import threading
+import time
 from email import policy
+from pathlib import Path
 
 import pytest
+import requests
 
-from tests.conftest import REPO, ApiServer
+from tests.conftest import REPO, ApiServer, api_session, start_api, stop
 from tmail.queue import QueueStore, Status
 
 RAW = b"From: alice@example.org\r\nMessage-ID: <q1@example.org>\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -206,3 +210,44 @@ def test_bulk_over_a_thousand_records(api: ApiServer, store: QueueStore) -> None
     assert held == {"matched": 1100, "done": 1100, "skipped": 0}
     gone = api.session.delete(api.url(f"/queue/discard?host={host}")).json()
     assert gone["done"] == 1100 and api.session.get(api.url(f"/queue?host={host}")).json() == []
+
+
+KEEPALIVE = 1  # seconds: a short keep-alive timeout, so that the boundary comes quickly
+
+
+def test_a_connection_reused_at_the_keepalive_boundary_always_gets_its_answer(
+    tmp_path: Path,
+) -> None:
+    """gunicorn closes a connection idle for its keep-alive timeout at the first wake-up of
+    its event loop after that; a request that arrives meanwhile is lost, and the client reads
+    EOF (over TLS: "EOF occurred in violation of protocol", or "Remote end closed connection
+    without response"). Reuse connections right at that instant, many times."""
+    server = start_api(tmp_path, GUNICORN_CMD_ARGS=f"--keep-alive {KEEPALIVE}")
+    try:
+        [record] = QueueStore(server.config.queue_dir).enqueue(RAW, "a@example.org",
+                                                               ["b@x.org"])
+        url = server.url(f"/queue/{record.id}")
+        answered: list[int] = []
+        dropped: list[str] = []
+
+        def reuse(idle: float) -> None:
+            session = api_session(server.cert)
+            answered.append(session.get(url, timeout=30).status_code)
+            time.sleep(idle)  # the pool keeps the connection; it is reused now
+            try:
+                answered.append(session.get(url, timeout=30).status_code)
+            except requests.ConnectionError as exc:
+                dropped.append(f"idle {idle:.3f} s: {exc}")
+
+        for _ in range(8):
+            threads = [threading.Thread(target=reuse, args=(KEEPALIVE - 0.01 + 0.002 * n,))
+                       for n in range(30)]
+            for thread in threads:
+                thread.start()
+                time.sleep(0.007)  # spread the reuses over the server's loop
+            for thread in threads:
+                thread.join()
+        assert not dropped, dropped
+        assert answered == [200] * 480
+    finally:
+        stop(server.process)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
 from passlib.hash import bcrypt, sha512_crypt
 
-from tests.conftest import ApiServer
+from tests.conftest import REPO, ApiServer
 
 JSON = "application/json; charset=UTF-8"
 SEED_KEYS = ["Id", "Login", "Passwd", "DovePasswd", "Active", "AuthRelay", "HaveMailbox",
@@ -134,6 +137,11 @@ def test_one_catchall_per_domain(api: ApiServer) -> None:
     ("method", "path", "kwargs", "status"),
     [
         ("post", "/users/x1@tmail.io", {"data": "{not json"}, 400),
+        ("post", "/users/x4@tmail.io", {"data": "[" * 100_000 + "]" * 100_000}, 400),
+        ("put", "/users/x4@tmail.io", {"data": '{"a":' * 100_000}, 400),
+        ("post", "/users/x5@tmail.io", {"data": b'{"passwd": "\xff\xfe secret"}'}, 400),
+        ("post", "/users/x6@tmail.io", {"data": '{"passwd": "\\ud800 secret"}'}, 400),
+        ("post", "/users/x7@tmail.io", {"data": b""}, 400),
         ("post", "/users/x2@tmail.io", {"json": ["a", "list"]}, 400),
         ("post", "/users/x3@tmail.io", {"data": "x" * (1024 * 1024 + 1)}, 413),
         ("get", "/no/such/route", {}, 404),
@@ -191,3 +199,46 @@ def test_concurrent_creation_of_one_login_yields_one_201(api: ApiServer) -> None
     for thread in threads:
         thread.join()
     assert sorted(statuses) == [201] + [422] * 7
+
+
+def cli(api: ApiServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real ops command line, on the API's data dir."""
+    return subprocess.run([sys.executable, "-m", "tmail", *args], cwd=REPO, env=api.env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "login",
+    [
+        "/etc@x.org",  # Home would be /etc
+        "../../../../tmp/x@x.org",  # Home would leave the mailboxes directory
+        "x@",  # IndexError in home_for
+        "@x.org",
+        "a/b@x.org",  # '/' is atext (RFC 5321) but would be a directory here
+        '"../../x"@x.org',  # a quoted local part
+        '".."@x.org',
+        "a@[127.0.0.1]",  # an address literal is no mailbox domain
+        "a\u2028b@x.org",  # a line separator: atext for the parser, nothing for a path
+    ],
+)
+def test_bad_logins_are_refused_alike_by_the_api_and_the_cli(api: ApiServer, login: str) -> None:
+    if not login.startswith("/"):  # the router merges "//" in /users//etc@x.org: no way in
+        response = api.session.post(api.url(f"/users/{quote(login, safe='@')}"),
+                                    json={"passwd": "secret1", "haveMailbox": True})
+        assert response.status_code == 422
+        assert response.json()["raw"].startswith("login: ")
+    done = cli(api, "users", "add", login, "--password", "secret1", "--mailbox")
+    assert done.returncode == 65, done  # EX_DATAERR
+    assert done.stderr.startswith("tmail: invalid input: login: ") and not done.stdout
+    assert login not in [u["Login"] for u in api.session.get(api.url("/users")).json()]
+
+
+@pytest.mark.parametrize("local", ["user", "first.last", "o'brien", "x+tag", "Ünïcode"])
+def test_every_home_is_inside_the_mailboxes_directory(api: ApiServer, local: str) -> None:
+    login = f"{local}{secrets.token_hex(2)}@home.test"
+    done = cli(api, "users", "add", login, "--password", "secret1", "--mailbox")
+    assert done.returncode == 0, done.stderr
+    home = Path(api.session.get(api.url(f"/users/{quote(login)}")).json()["Home"])
+    mailboxes = api.config.mailboxes_dir
+    assert home.resolve().is_relative_to(mailboxes.resolve()) and home.name == login.split("@")[0]
+    assert home.parent.parent.relative_to(mailboxes) == Path("h/home.test")

@@ -299,6 +299,9 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("TMAIL_RETRY_MIN_BACKOFF is larger than TMAIL_RETRY_MAX_BACKOFF")
     if not config.admin_user:
         raise ConfigError("TMAIL_ADMIN_USER must not be empty")
+    if not config.admin_password:
+        raise ConfigError("TMAIL_ADMIN_PASSWORD must not be empty (an empty Basic password is"
+                          " what a client sends when it has none)")
 
 
 def check_api_exposure(config: Config) -> None:

@@ -13,8 +13,10 @@ unique index, and every look-up goes through it. ``login`` keeps the spelling th
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +55,46 @@ class UserExists(UserError):
 
 class CatchallExists(UserError):
     msg = "unable to create new user"
+
+
+class InvalidLogin(UserError):
+    """A login the store refuses (the API answers 422, the CLI exits with EX_DATAERR)."""
+
+    msg = "invalid input"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"login: {reason}")
+
+
+# A relay-only user (no mailbox) may have a plain name; Dovecot's default auth_username_chars.
+_PLAIN_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{3,63}")
+
+
+def check_login(login: str, have_mailbox: bool) -> Address | None:
+    """The login as an :class:`Address` (``None`` for a plain relay-only name), or
+    :class:`InvalidLogin` with the reason: the one check every caller of the store gets.
+
+    RFC 5321 lets a local part hold ``/`` or be quoted (``"../x"``); as a login's local part
+    names a directory under the mailboxes directory, tmail refuses those instead of mapping
+    them (a mapping would make two logins share a Home, or a Home nobody can guess).
+    """
+    try:
+        address = Address.parse(login, allow_utf8=True)
+    except AddressError as exc:
+        if not have_mailbox and "@" not in login and _PLAIN_NAME.fullmatch(login):
+            return None
+        raise InvalidLogin(f"must be an address such as user@example.org ({exc}); a user "
+                           "without a mailbox may instead have a name of 4 to 64 letters, "
+                           "digits, '.', '-' or '_'") from None
+    if address.local.startswith('"'):
+        raise InvalidLogin("a quoted local part is not accepted in a login")
+    if "/" in address.local:
+        raise InvalidLogin("'/' is not accepted in a login (its local part names a directory)")
+    if address.domain.startswith("["):
+        raise InvalidLogin("the domain must be a domain name, not an address literal")
+    if any(unicodedata.category(char)[0] in "CZ" for char in address.local):
+        raise InvalidLogin("control, format and space characters are not accepted in a login")
+    return address
 
 
 def login_key(login: str) -> str:
@@ -132,11 +174,19 @@ class User:
         return domain_of(self.login)
 
 
-def home_for(mailboxes_dir: Path, login: str) -> Path:
-    """``<mailboxes>/t/tmail.io/t/test`` for ``test@tmail.io``, as tmail lays it out."""
-    local, _, domain = login.rpartition("@")
-    domain = domain.lower()
-    return mailboxes_dir / domain[0] / domain / local[0] / local
+def home_for(mailboxes_dir: Path, address: Address) -> Path:
+    """``<mailboxes>/t/tmail.io/t/test`` for ``test@tmail.io``, as tmail lays it out (the
+    domain in its A-label form, the local part as given).
+
+    Checked, not assumed: a Home that would not lie inside the mailboxes directory (by its
+    text: a symlinked domain directory is the admin's choice) is refused.
+    """
+    domain, local = address.ascii_domain, address.local
+    home = mailboxes_dir / domain[0] / domain / local[0] / local
+    parts = home.relative_to(mailboxes_dir).parts if home.is_relative_to(mailboxes_dir) else ()
+    if len(parts) != 4 or ".." in parts:  # pathlib drops "." parts: they shorten it too
+        raise InvalidLogin(f"its Home {home} would not lie inside {mailboxes_dir}")
+    return home
 
 
 class UserStore:
@@ -207,8 +257,9 @@ class UserStore:
         mailbox_quota: str | None = None,
         is_catchall: bool = False,
     ) -> User:
-        home = str(home_for(self.mailboxes_dir, login)) if have_mailbox else ""
-        domain = domain_of(login)
+        address = check_login(login, have_mailbox)
+        home = str(home_for(self.mailboxes_dir, address)) if address and have_mailbox else ""
+        domain = address.domain if address else ""
         quota = (mailbox_quota if mailbox_quota is not None else self.default_quota) if (
             have_mailbox) else ""
         try:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
-from tmail.users import UserError, UserStore
+from tmail.users import InvalidLogin, UserError, UserStore
 
 
 def _store(args: argparse.Namespace) -> UserStore:
@@ -52,8 +54,8 @@ def add_user(args: argparse.Namespace) -> int:
                                have_mailbox=args.mailbox, mailbox_quota=args.quota,
                                is_catchall=args.catchall)
     except UserError as exc:
-        print(f"tmail: {exc.msg}: {exc.raw}")
-        return 1
+        print(f"tmail: {exc.msg}: {exc.raw}", file=sys.stderr)
+        return os.EX_DATAERR if isinstance(exc, InvalidLogin) else 1
     print(f"created {user.login} (Id {user.id})")
     return 0
 
