@@ -19,11 +19,11 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
-from queue_runner.results import RecipientResult, failure, printable
+from queue_runner.results import RecipientResult, failure
 from queue_runner.schedule import Schedule
 from queue_runner.transports import MaildirTransport, Outgoing, SmtpTransport, Transport
 from tmail.config import Config
-from tmail.dsn import RecipientStatus
+from tmail.dsn import RecipientStatus, printable
 from tmail.metrics import DELIVERIES, Counters
 from tmail.queue import LockedRecord, QueueStore, Record, RecordError, Status, notify
 from tmail.queue.notify import Hint

@@ -12,21 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tmail.dsn import text_lines
+
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-
-
-def printable(text: str) -> str:
-    """``text`` with every control character (CR and LF included) shown as ``?``, as Postfix
-    logs untrusted text: nothing from outside can start a line of its own in our logs."""
-    return _CONTROL.sub("?", text)
-
-
-def reply_lines(text: str) -> list[str]:
-    """The lines of a reply text, each printable, empty ones dropped."""
-    lines = [printable(line).strip() for line in _LINE_BREAK.split(text)]
-    return [line for line in lines if line] or [""]
 
 
 @dataclass(frozen=True)
@@ -39,7 +27,7 @@ class RecipientResult:
     relay: str = "none"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "text", "\n".join(reply_lines(self.text)))
+        object.__setattr__(self, "text", "\n".join(text_lines(self.text)))
 
     @property
     def sent(self) -> bool:
