@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import idna
-
 from queue_runner.results import RecipientResult, failure
 from queue_runner.routing import Resolver, RoutingError, destination
 from tmail import maildir
+from tmail.address import AddressError, parse_domain
 from tmail.config import Config, HostPort
 from tmail.quota import parse_quota
 from tmail.users import UserStore
@@ -293,16 +292,16 @@ class _Transaction(Protocol):
 
 
 def _ascii_form(address: str) -> str | None:
-    """``address`` as plain SMTP can carry it: a non-ASCII domain as its A-label (IDNA
-    2008, UTS #46), ``None`` when the local part is not ASCII (that needs SMTPUTF8)."""
+    """``address`` as plain SMTP can carry it: a non-ASCII domain as its A-label, ``None``
+    when the local part is not ASCII (that needs SMTPUTF8)."""
     if address.isascii():
         return address
     local, at, domain = address.rpartition("@")
     if not at or not local.isascii():
         return None
     try:
-        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
-    except idna.IDNAError:
+        return f"{local}@{parse_domain(domain)[1]}"
+    except AddressError:
         return None
 
 
