@@ -214,7 +214,8 @@ class Runner:
                 raise RuntimeError(f"{len(results)} results for {len(started)} recipients")
             return results
         except Exception as exc:
-            log.exception("%s: delivery to %s failed unexpectedly", first.uuid, first.host)
+            log.exception("%s: delivery to %s failed unexpectedly", first.uuid,
+                          printable(first.host))
             reason = f"4.3.0 internal error: {type(exc).__name__}: {exc}"
             return [failure(451, reason, relay)] * len(started)
 
