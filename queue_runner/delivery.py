@@ -19,15 +19,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
+from queue_runner.reports import AttemptReports
 from queue_runner.results import RecipientResult, failure
 from queue_runner.schedule import Schedule
 from queue_runner.transports import MaildirTransport, Outgoing, SmtpTransport, Transport
 from tmail.config import Config
-from tmail.dsn import RecipientStatus, printable
+from tmail.dsn import printable
 from tmail.metrics import DELIVERIES, Counters
 from tmail.queue import LockedRecord, QueueStore, Record, RecordError, Status, notify
 from tmail.queue.notify import Hint
-from tmail.queue.ops import queue_dsn
 from tmail.queue.record import now
 from tmail.users import UserStore
 
@@ -219,6 +219,9 @@ class Runner:
             reason = f"4.3.0 internal error: {type(exc).__name__}: {exc}"
             return [failure(451, reason, relay)] * len(started)
 
+    def _reports(self) -> AttemptReports:
+        return AttemptReports(self.store, self.config, self.counters, self._log)
+
     def _slot(self, destination: str) -> threading.BoundedSemaphore:
         with self._slots_lock:
             return self._slots[destination]
@@ -239,7 +242,7 @@ class Runner:
         """Under the mutation locks: apply marks left over, expire, or mark in delivery."""
         started = []
         with self._all_locked(ids) as held:
-            reports = _Reports(self)
+            reports = self._reports()
             for locked in held:
                 record = self._start(locked, reports)
                 if record is not None:
@@ -247,7 +250,7 @@ class Runner:
             reports.send()
         return started
 
-    def _start(self, locked: LockedRecord, reports: _Reports) -> Record | None:
+    def _start(self, locked: LockedRecord, reports: AttemptReports) -> Record | None:
         record = locked.record
         if record.status == Status.HELD:
             return None
@@ -268,12 +271,13 @@ class Runner:
         one DSN for every recipient that failed in this attempt (and one for those delayed)."""
         by_id = {record.id: result for record, result in zip(started, results, strict=True)}
         with self._all_locked(by_id) as held:
-            reports = _Reports(self)
+            reports = self._reports()
             for locked in held:
                 self._finish(locked, by_id[locked.record.id], reports)
             reports.send()
 
-    def _finish(self, locked: LockedRecord, result: RecipientResult, reports: _Reports) -> None:
+    def _finish(self, locked: LockedRecord, result: RecipientResult,
+                reports: AttemptReports) -> None:
         current = locked.record
         if result.sent:
             self._log(current, result)
@@ -289,7 +293,8 @@ class Runner:
 
     # --- outcomes ----------------------------------------------------------------------
 
-    def _defer(self, locked: LockedRecord, result: RecipientResult, reports: _Reports) -> None:
+    def _defer(self, locked: LockedRecord, result: RecipientResult,
+               reports: AttemptReports) -> None:
         record = locked.record
         if record.age_seconds() >= self.config.max_queue_lifetime and (
             record.status != Status.HELD
@@ -320,7 +325,7 @@ class Runner:
             and record.age_seconds() >= self.config.delay_warning
         )
 
-    def _expire(self, locked: LockedRecord, reports: _Reports) -> None:
+    def _expire(self, locked: LockedRecord, reports: AttemptReports) -> None:
         detail = locked.record.last_error or "no attempt succeeded"
         result = RecipientResult(451, f"4.4.7 delivery time expired ({detail})")
         reports.fail(locked, result, "Delivery time expired: the message could not be "
@@ -341,63 +346,3 @@ class Runner:
 
 
 ADMIN_RESULT = RecipientResult(550, "5.0.0 returned by the administrator")
-
-
-class _Reports:
-    """The DSNs of one attempt: one "failed" DSN listing every recipient that failed in it,
-    and one "delayed" DSN for those past the delay warning (not one per recipient).
-
-    Records are changed only after their DSN is queued (a crash in between may send a DSN
-    twice, never lose one), while the caller still holds their mutation locks.
-    """
-
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-        self.failed: list[tuple[LockedRecord, RecipientResult, str]] = []
-        self.delayed: list[tuple[LockedRecord, Record, RecipientResult]] = []
-
-    def fail(self, locked: LockedRecord, result: RecipientResult, reason: str) -> None:
-        self.runner._log(locked.record,
-                         RecipientResult(max(result.code, 500), result.text, result.relay))
-        self.failed.append((locked, result, reason))
-
-    def delay(self, locked: LockedRecord, updated: Record, result: RecipientResult) -> None:
-        self.delayed.append((locked, updated, result))
-
-    def send(self) -> None:
-        config = self.runner.config
-        if self.failed:
-            self._queue([RecipientStatus(locked.record.rcpt_to, "failed", result.status,
-                                         result.diagnostic, _remote(result))
-                         for locked, result, _ in self.failed],
-                        self.failed[0][0], _reasons(reason for _, _, reason in self.failed))
-            for locked, _, _ in self.failed:
-                locked.remove()
-        if self.delayed:
-            first = self.delayed[0][1]
-            until = first.added_at + timedelta(seconds=config.max_queue_lifetime)
-            self._queue([RecipientStatus(updated.rcpt_to, "delayed", result.status,
-                                         result.diagnostic, _remote(result), until)
-                         for _, updated, result in self.delayed],
-                        self.delayed[0][0],
-                        "The mail system will keep trying to deliver your message.",
-                        delay_hours=round(first.age_seconds() / 3600, 1),
-                        lifetime_hours=round(config.max_queue_lifetime / 3600, 1))
-            for locked, updated, _ in self.delayed:
-                locked.write(updated)
-
-    def _queue(self, recipients: list[RecipientStatus], about: LockedRecord, reason: str,
-               **hours: float) -> None:
-        queue_dsn(self.runner.store, original=about.read_raw(), record=about.record,
-                  recipients=recipients, hostname=self.runner.config.hostname, reason=reason,
-                  counters=self.runner.counters, **hours)
-
-
-def _reasons(reasons: Iterable[str]) -> str:
-    return "\n\n".join(dict.fromkeys(reasons))
-
-
-def _remote(result: RecipientResult) -> str:
-    if result.relay in ("none", "local"):
-        return ""
-    return f"dns; {result.relay.rpartition(':')[0].strip('[]')}"
