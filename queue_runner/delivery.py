@@ -13,18 +13,21 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from queue_runner.results import RecipientResult
+from queue_runner.reports import AttemptReports
+from queue_runner.results import RecipientResult, failure
+from queue_runner.schedule import Schedule
 from queue_runner.transports import MaildirTransport, Outgoing, SmtpTransport, Transport
 from tmail.config import Config
-from tmail.dsn import RecipientStatus
+from tmail.dsn import printable
 from tmail.metrics import DELIVERIES, Counters
-from tmail.queue import LockedRecord, QueueStore, Record, Status
-from tmail.queue.ops import bounce_now, queue_dsn
+from tmail.queue import LockedRecord, QueueStore, Record, RecordError, Status, notify
+from tmail.queue.notify import Hint
 from tmail.queue.record import now
 from tmail.users import UserStore
 
@@ -58,6 +61,7 @@ class Runner:
         self._slots_lock = threading.Lock()
         self._inflight: set[int] = set()
         self._inflight_lock = threading.Lock()
+        self.schedule = Schedule()
 
     @classmethod
     def build(cls, config: Config, smtp: Transport | None = None,
@@ -71,30 +75,72 @@ class Runner:
 
     # --- finding work ------------------------------------------------------------------
 
-    def sweep(self) -> tuple[list[Future[None]], datetime | None]:
-        """Start every due record; returns the attempts and the next future due time."""
+    def owns(self, uuid: str) -> bool:
+        """Whether this runner's share (``partition``) holds the message ``uuid``."""
+        index, count = self.partition
+        if count == 1:
+            return True
+        try:
+            return int(uuid[:8], 16) % count == index
+        except ValueError:  # not a Uuid of ours: the first worker takes it (and fails it)
+            return index == 0
+
+    def sweep(self) -> list[Future[None]]:
+        """Start every due record of this runner's share and schedule the others.
+
+        The parsed JSON is checked for the share before a :class:`Record` is built: each
+        worker walks the whole queue, but builds only its own records.
+        """
         moment = now()
         due: list[Record] = []
-        next_due: datetime | None = None
-        for record in self.store.iter_records():
+        for parsed, _ in self.store.iter_raw_records():
+            if not self.owns(str(parsed.get("Uuid", ""))):
+                continue
+            try:
+                record = Record.from_json(parsed)
+            except RecordError:
+                continue  # the store's scan checked it; a record rewritten meanwhile waits
             if record.status == Status.HELD:
                 continue
             if record.status in (Status.DISCARD, Status.BOUNCE) or (
                 record.next_delivery_at <= moment
             ):
                 due.append(record)
-            elif next_due is None or record.next_delivery_at < next_due:
-                next_due = record.next_delivery_at
-        return self.submit(due), next_due
+            else:
+                self.schedule.add(record.id, record.next_delivery_at.timestamp())
+        return self.submit(due)
+
+    def take_hints(self, hints: Iterable[Hint]) -> None:
+        """Schedule the hinted records of this runner's share, without reading them."""
+        for hint in hints:
+            if self.owns(hint.uuid):
+                self.schedule.add(hint.id, hint.due)
+
+    def submit_due(self) -> list[Future[None]]:
+        """Start the scheduled records that are due now."""
+        return self.submit_ids(self.schedule.pop_due())
 
     def submit_ids(self, ids: Iterable[int]) -> list[Future[None]]:
-        records = [r for r in map(self.store.get, dict.fromkeys(ids)) if r is not None]
-        return self.submit([r for r in records if r.next_delivery_at <= now()
-                            or r.status in (Status.DISCARD, Status.BOUNCE)])
+        """Read these records and start those that are due; schedule the others again."""
+        moment = now()
+        due = []
+        for record in filter(None, map(self.store.get, dict.fromkeys(ids))):
+            if record.status in (Status.DISCARD, Status.BOUNCE) or (
+                record.status != Status.HELD and record.next_delivery_at <= moment
+            ):
+                due.append(record)
+            elif record.status != Status.HELD:
+                self.schedule.add(record.id, record.next_delivery_at.timestamp())
+        return self.submit(due)
 
     def run_once(self) -> int:
-        """Deliver everything due now and wait for it (the cron driver)."""
-        futures, _ = self.sweep()
+        """Deliver everything due now and wait for it (the cron driver).
+
+        Every hint written before this sweep is covered by it, so the notify file can be
+        rotated here when it has grown: with cron alone, nobody else would.
+        """
+        notify.rotate_if_large(self.store.layout.notify)
+        futures = self.sweep()
         for future in futures:
             future.result()
         return len(futures)
@@ -102,12 +148,9 @@ class Runner:
     def submit(self, records: list[Record]) -> list[Future[None]]:
         """Group records by message and destination: one SMTP transaction per group."""
         groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
-        index, count = self.partition
         with self._inflight_lock:
             for record in records:
-                if record.id in self._inflight or (
-                    count > 1 and int(record.uuid[:8], 16) % count != index
-                ):
+                if record.id in self._inflight or not self.owns(record.uuid):
                     continue
                 self._inflight.add(record.id)
                 groups[(record.uuid, record.host)].append(record)
@@ -126,20 +169,28 @@ class Runner:
     # --- one attempt -------------------------------------------------------------------
 
     def _attempt(self, group: list[Record]) -> None:
+        """Claim, start, send, finish. Whatever an attempt raises is logged and the records
+        come back after the minimal backoff (their claims die with the ``with``): one broken
+        record never spins, and the others go on."""
+        claimed: list[int] = []
         try:
             with contextlib.ExitStack() as claims:
-                started: list[tuple[Record, int]] = []
+                fds: dict[int, int] = {}
                 for record in group:
                     fd = claims.enter_context(self.store.claimed(record.id))
-                    if fd is None:
-                        continue  # another runner has it
-                    current = self._start(record.id)
-                    if current is not None:
-                        started.append((current, fd))
+                    if fd is not None:  # else another runner has it
+                        fds[record.id] = fd
+                        claimed.append(record.id)
+                started = self._start_all(sorted(fds))
                 if started:
-                    self._deliver(started)
+                    raw = os.pread(fds[started[0].id], os.fstat(fds[started[0].id]).st_size, 0)
+                    self._finish_all(started, self._send(started, raw))
         except Exception:
-            log.exception("delivery attempt for %s failed unexpectedly", group[0].uuid)
+            log.exception("%s: delivery attempt failed unexpectedly; retrying in %gs",
+                          group[0].uuid, backoff(self.config, 1))
+            retry_at = time.time() + backoff(self.config, 1)
+            for record_id in claimed:
+                self.schedule.add(record_id, retry_at)
         finally:
             with self._inflight_lock:
                 self._inflight.difference_update(record.id for record in group)
@@ -147,72 +198,109 @@ class Runner:
     def _is_local(self, host: str) -> bool:
         return host in self.config.local_domains or host in self.users.local_domains()
 
-    def _deliver(self, started: list[tuple[Record, int]]) -> None:
-        first, fd = started[0]
-        raw = os.pread(fd, os.fstat(fd).st_size, 0)
-        local = self._is_local(first.host)
-        transport = self.local if local else self.smtp
-        message = Outgoing(first.uuid, first.mail_from, raw, [r.rcpt_to for r, _ in started])
-        slot = self._slot("local" if local else first.host)
-        with slot:
-            results = transport.send(message)
-        for (record, _), result in zip(started, results, strict=True):
-            self._finish(record, result)
+    def _send(self, started: list[Record], raw: bytes) -> list[RecipientResult]:
+        """The transport's results; any exception becomes a temporary failure of them all,
+        which then goes through the normal finish path (``LastError``, backoff)."""
+        first = started[0]
+        relay = "none"
+        try:
+            local = self._is_local(first.host)
+            relay = "local" if local else relay
+            transport = self.local if local else self.smtp
+            message = Outgoing(first.uuid, first.mail_from, raw, [r.rcpt_to for r in started])
+            with self._slot("local" if local else first.host):
+                results = transport.send(message)
+            if len(results) != len(started):
+                raise RuntimeError(f"{len(results)} results for {len(started)} recipients")
+            return results
+        except Exception as exc:
+            log.exception("%s: delivery to %s failed unexpectedly", first.uuid,
+                          printable(first.host))
+            reason = f"4.3.0 internal error: {type(exc).__name__}: {exc}"
+            return [failure(451, reason, relay)] * len(started)
+
+    def _reports(self) -> AttemptReports:
+        return AttemptReports(self.store, self.config, self.counters, self._log)
 
     def _slot(self, destination: str) -> threading.BoundedSemaphore:
         with self._slots_lock:
             return self._slots[destination]
 
-    def _start(self, record_id: int) -> Record | None:
-        """Under the mutation lock: apply marks left over, expire, or mark in delivery."""
-        with self.store.locked(record_id) as locked:
-            if locked is None:
-                return None
-            record = locked.record
-            if record.status == Status.HELD:
-                return None
-            if record.status == Status.DISCARD:
-                self._discard(locked)
-                return None
-            if record.status == Status.BOUNCE:
-                self._bounce(locked, RecipientResult(550, "5.0.0 returned by the administrator"),
-                             ADMIN_REASON)
-                return None
-            if record.status == Status.SCHEDULED and record.next_delivery_at > now():
-                return None  # rescheduled since we looked
-            if record.age_seconds() >= self.config.max_queue_lifetime:
-                self._expire(locked)
-                return None
-            return locked.write(record.evolve(status=Status.IN_DELIVERY, last_attempt_at=now()))
+    @contextlib.contextmanager
+    def _all_locked(self, ids: Iterable[int]) -> Iterator[list[LockedRecord]]:
+        """The mutation locks of several records of one message, taken in ``Id`` order.
 
-    def _finish(self, record: Record, result: RecipientResult) -> None:
-        """Under the mutation lock again: the result, unless an admin's mark says otherwise."""
-        with self.store.locked(record.id) as locked:
-            if locked is None:
-                return
-            current = locked.record
-            if result.sent:
-                self._log(current, result)
-                locked.remove()
-            elif current.status == Status.DISCARD:
-                self._discard(locked)
-            elif current.status == Status.BOUNCE:
-                self._bounce(locked, RecipientResult(550, "5.0.0 returned by the administrator"),
-                             ADMIN_REASON)
-            elif result.permanent:
-                self._bounce(locked, result, "The remote server refused the message.")
-            else:
-                self._defer(locked, result)
+        Only a runner ever holds more than one mutation lock, and only for records whose
+        delivery claims it holds already, so no two holders of several locks can meet.
+        """
+        with contextlib.ExitStack() as stack:
+            held = [stack.enter_context(self.store.locked(record_id))
+                    for record_id in sorted(ids)]
+            yield [locked for locked in held if locked is not None]
+
+    def _start_all(self, ids: list[int]) -> list[Record]:
+        """Under the mutation locks: apply marks left over, expire, or mark in delivery."""
+        started = []
+        with self._all_locked(ids) as held:
+            reports = self._reports()
+            for locked in held:
+                record = self._start(locked, reports)
+                if record is not None:
+                    started.append(record)
+            reports.send()
+        return started
+
+    def _start(self, locked: LockedRecord, reports: AttemptReports) -> Record | None:
+        record = locked.record
+        if record.status == Status.HELD:
+            return None
+        if record.status == Status.DISCARD:
+            self._discard(locked)
+        elif record.status == Status.BOUNCE:
+            reports.fail(locked, ADMIN_RESULT, ADMIN_REASON)
+        elif record.status == Status.SCHEDULED and record.next_delivery_at > now():
+            self.schedule.add(record.id, record.next_delivery_at.timestamp())  # rescheduled
+        elif record.age_seconds() >= self.config.max_queue_lifetime:
+            self._expire(locked, reports)
+        else:
+            return locked.write(record.evolve(status=Status.IN_DELIVERY, last_attempt_at=now()))
+        return None
+
+    def _finish_all(self, started: list[Record], results: list[RecipientResult]) -> None:
+        """Under the mutation locks again: each result, unless an admin's mark says otherwise;
+        one DSN for every recipient that failed in this attempt (and one for those delayed)."""
+        by_id = {record.id: result for record, result in zip(started, results, strict=True)}
+        with self._all_locked(by_id) as held:
+            reports = self._reports()
+            for locked in held:
+                self._finish(locked, by_id[locked.record.id], reports)
+            reports.send()
+
+    def _finish(self, locked: LockedRecord, result: RecipientResult,
+                reports: AttemptReports) -> None:
+        current = locked.record
+        if result.sent:
+            self._log(current, result)
+            locked.remove()
+        elif current.status == Status.DISCARD:
+            self._discard(locked)
+        elif current.status == Status.BOUNCE:
+            reports.fail(locked, ADMIN_RESULT, ADMIN_REASON)
+        elif result.permanent:
+            reports.fail(locked, result, "The remote server refused the message.")
+        else:
+            self._defer(locked, result, reports)
 
     # --- outcomes ----------------------------------------------------------------------
 
-    def _defer(self, locked: LockedRecord, result: RecipientResult) -> None:
+    def _defer(self, locked: LockedRecord, result: RecipientResult,
+               reports: AttemptReports) -> None:
         record = locked.record
         if record.age_seconds() >= self.config.max_queue_lifetime and (
             record.status != Status.HELD
         ):
             locked.write(record.evolve(last_error=result.reply))
-            self._expire(locked)
+            self._expire(locked, reports)
             return
         failures = record.delivery_failed_count + 1
         updated = record.evolve(
@@ -221,11 +309,13 @@ class Runner:
             last_error=result.reply,
             next_delivery_at=now() + timedelta(seconds=backoff(self.config, failures)),
         )
-        if self._should_warn(updated):
-            self._warn(locked, updated, result)
-            updated = updated.evolve(delay_warned=True)
-        locked.write(updated)
         self._log(updated, result)
+        if self._should_warn(updated):
+            reports.delay(locked, updated.evolve(delay_warned=True), result)
+        else:
+            locked.write(updated)
+        if updated.status == Status.SCHEDULED:
+            self.schedule.add(updated.id, updated.next_delivery_at.timestamp())
 
     def _should_warn(self, record: Record) -> bool:
         return bool(
@@ -235,38 +325,15 @@ class Runner:
             and record.age_seconds() >= self.config.delay_warning
         )
 
-    def _warn(self, locked: LockedRecord, record: Record, result: RecipientResult) -> None:
-        until = record.added_at + timedelta(seconds=self.config.max_queue_lifetime)
-        queue_dsn(
-            self.store,
-            original=locked.read_raw(),
-            record=record,
-            recipients=[RecipientStatus(record.rcpt_to, "delayed", result.status,
-                                        f"smtp; {result.reply}", _remote(result), until)],
-            hostname=self.config.hostname,
-            reason="The mail system will keep trying to deliver your message.",
-            delay_hours=round(record.age_seconds() / 3600, 1),
-            lifetime_hours=round(self.config.max_queue_lifetime / 3600, 1),
-            counters=self.counters,
-        )
-
-    def _expire(self, locked: LockedRecord) -> None:
-        record = locked.record
-        detail = record.last_error or "no attempt succeeded"
+    def _expire(self, locked: LockedRecord, reports: AttemptReports) -> None:
+        detail = locked.record.last_error or "no attempt succeeded"
         result = RecipientResult(451, f"4.4.7 delivery time expired ({detail})")
-        self._bounce(locked, result, "Delivery time expired: the message could not be "
+        reports.fail(locked, result, "Delivery time expired: the message could not be "
                                      "delivered in time.")
-
-    def _bounce(self, locked: LockedRecord, result: RecipientResult, reason: str) -> None:
-        record = locked.record
-        self._log(record, RecipientResult(max(result.code, 500), result.text, result.relay))
-        bounce_now(self.store, locked, hostname=self.config.hostname, reason=reason,
-                   status=result.status, diagnostic=f"smtp; {result.reply}",
-                   remote_mta=_remote(result), counters=self.counters)
 
     def _discard(self, locked: LockedRecord) -> None:
         log.info("%s: to=<%s>, status=discarded (by the administrator)", locked.record.uuid,
-                 locked.record.rcpt_to)
+                 printable(locked.record.rcpt_to))
         locked.remove()
 
     def _log(self, record: Record, result: RecipientResult) -> None:
@@ -274,11 +341,8 @@ class Runner:
         self.counters.inc(DELIVERIES, result=result.outcome,
                           transport="local" if result.relay == "local" else "smtp")
         log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", record.uuid,
-                 record.rcpt_to, result.relay, record.age_seconds(), result.status,
-                 result.outcome, result.reply)
+                 printable(record.rcpt_to), printable(result.relay), record.age_seconds(),
+                 result.status, result.outcome, result.reply)
 
 
-def _remote(result: RecipientResult) -> str:
-    if result.relay in ("none", "local"):
-        return ""
-    return f"dns; {result.relay.rpartition(':')[0].strip('[]')}"
+ADMIN_RESULT = RecipientResult(550, "5.0.0 returned by the administrator")

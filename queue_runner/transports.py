@@ -3,6 +3,7 @@ recipient out. SMTP for remote domains, Maildir for local users."""
 
 from __future__ import annotations
 
+import errno
 import smtplib
 import socket
 import ssl
@@ -16,6 +17,7 @@ from typing import Protocol
 from queue_runner.results import RecipientResult, failure
 from queue_runner.routing import Resolver, RoutingError, destination
 from tmail import maildir
+from tmail.address import AddressError, parse_domain
 from tmail.config import Config, HostPort
 from tmail.quota import parse_quota
 from tmail.users import UserStore
@@ -73,9 +75,19 @@ class MaildirTransport:
                 return failure(552, f"5.2.2 {exc}", "local")
             return failure(452, f"4.2.2 {exc}", "local")
         except OSError as exc:
-            return failure(451, f"4.3.0 cannot write the mailbox: {exc}", "local")
+            return _mailbox_write_failure(exc)
         return RecipientResult(250, f"2.0.0 delivered to maildir ({delivered.path.name})",
                                "local")
+
+
+def _mailbox_write_failure(exc: OSError) -> RecipientResult:
+    """A Maildir that cannot be written is a temporary failure: the message stays queued.
+    A full file system is 4.3.1 (RFC 3463 "mail system full"), a disk quota 4.2.2."""
+    if exc.errno == errno.ENOSPC:
+        return failure(452, f"4.3.1 mailbox file system full: {exc.strerror}", "local")
+    if exc.errno == errno.EDQUOT:
+        return failure(452, f"4.2.2 mailbox over its disk quota: {exc.strerror}", "local")
+    return failure(451, f"4.3.0 cannot write the mailbox: {exc}", "local")
 
 
 class _Cached:
@@ -173,13 +185,13 @@ class SmtpTransport:
             cached = self.cache.take(host)
             if cached is not None:
                 try:
-                    return self._transaction(host, cached, message)
+                    return _closing_on_error(cached, self._transaction, host, message)
                 except (OSError, smtplib.SMTPException):
                     # The server closed the idle session (or broke it before MAIL was
                     # answered): nothing was sent, so a fresh session may try again.
                     _quit(cached.client)
             try:
-                return self._transaction(host, self._open(host), message)
+                return _closing_on_error(self._open(host), self._transaction, host, message)
             except _TlsRequired as exc:
                 return [failure(451, str(exc), str(host))] * len(message.recipients)
             except (OSError, smtplib.SMTPException) as exc:
@@ -215,7 +227,13 @@ class SmtpTransport:
         """MAIL, RCPT..., DATA on an open session; the session goes back to the cache when
         the transaction ended cleanly, else it is closed."""
         client, relay = session.client, session.relay
-        code, reply = client.mail(message.mail_from)
+        utf8 = client.has_extn("smtputf8") and any(
+            _ascii_form(address) is None for address in (message.mail_from, *message.recipients))
+        sender = message.mail_from if utf8 else _ascii_form(message.mail_from)
+        if sender is None:
+            self.cache.give_back(host, session)  # no command was sent: the session is clean
+            return [_no_smtputf8(message.mail_from, relay)] * len(message.recipients)
+        code, reply = client.mail(sender, _mail_options(client, message, utf8))
         if code >= 400:
             _quit(client)
             return [failure(code, reply.decode(errors="replace"), relay)] * len(
@@ -223,7 +241,11 @@ class SmtpTransport:
         results: dict[str, RecipientResult] = {}
         accepted = []
         for rcpt in message.recipients:
-            code, reply = client.rcpt(rcpt)
+            address = rcpt if utf8 else _ascii_form(rcpt)
+            if address is None:
+                results[rcpt] = _no_smtputf8(rcpt, relay)
+                continue
+            code, reply = client.rcpt(address)
             if code >= 400:
                 results[rcpt] = failure(code, reply.decode(errors="replace"), relay)
             else:
@@ -249,6 +271,51 @@ class SmtpTransport:
         else:
             self.cache.give_back(host, session)
         return [results[rcpt] for rcpt in message.recipients]
+
+
+def _closing_on_error(session: _Cached, transaction: _Transaction, host: HostPort,
+                      message: Outgoing) -> list[RecipientResult]:
+    """Run ``transaction``; on an exception that is not the network's (a bug, a codec
+    error), close the session's socket before the exception goes on to the runner."""
+    try:
+        return transaction(host, session, message)
+    except (OSError, smtplib.SMTPException):
+        raise
+    except Exception:
+        session.client.close()
+        raise
+
+
+class _Transaction(Protocol):
+    def __call__(self, host: HostPort, session: _Cached,
+                 message: Outgoing) -> list[RecipientResult]: ...
+
+
+def _ascii_form(address: str) -> str | None:
+    """``address`` as plain SMTP can carry it: a non-ASCII domain as its A-label, ``None``
+    when the local part is not ASCII (that needs SMTPUTF8)."""
+    if address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii():
+        return None
+    try:
+        return f"{local}@{parse_domain(domain)[1]}"
+    except AddressError:
+        return None
+
+
+def _mail_options(client: smtplib.SMTP, message: Outgoing, utf8: bool) -> list[str]:
+    """SMTPUTF8 (RFC 6531) when an address needs it, BODY=8BITMIME for an 8-bit message."""
+    options = ["SMTPUTF8"] if utf8 else []
+    if client.has_extn("8bitmime") and not message.raw.isascii():
+        options.append("BODY=8BITMIME")
+    return options
+
+
+def _no_smtputf8(address: str, relay: str) -> RecipientResult:
+    return failure(550, f"5.6.7 non-ASCII address <{address}> cannot be sent: {relay} "
+                        "does not support SMTPUTF8", relay)
 
 
 class _TlsRequired(Exception):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import email
-import itertools
 import os
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from tests.conftest import REPO, child_pids, stop, tmail_env, wait_until
 from tests.sink import Script, Sink
 from tmail import config as tmail_config
 from tmail.config import Config, HostPort
-from tmail.queue import QueueStore, Status
+from tmail.queue import QueueStore, Record, Status
 from tmail.queue.ops import QueueOps
 from tmail.queue.record import now
 from tmail.users import UserStore
@@ -181,18 +180,21 @@ def test_a_session_the_server_dropped_is_replaced_without_a_failure(config: Conf
 
 def test_retries_follow_the_doubling_backoff(runner: Runner, store: QueueStore, sink: Sink,
                                             config: Config) -> None:
+    """Each deferral schedules the next attempt one backoff after it (read from the record,
+    not from the clock of a loaded machine), and nothing is attempted before that."""
     assert [backoff(config, n) for n in (1, 2, 3, 4)] == [1, 2, 4, 4]
     sink.handler.script = Script(data="451 4.3.0 busy")
     [record] = store.enqueue(message(), "s@sender.test", ["r@remote.test"])
-    attempts = []
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline and len(attempts) < 3:
-        if runner.run_once():
-            attempts.append(time.monotonic())
-        time.sleep(0.05)
-    gaps = [b - a for a, b in itertools.pairwise(attempts)]
-    assert len(attempts) == 3 and 0.9 < gaps[0] < 1.6 and 1.9 < gaps[1] < 2.6
-    assert store.get(record.id).delivery_failed_count == 3
+    delays = []
+    for failures in (1, 2, 3):
+        assert runner.run_once() == 1
+        deferred = store.get(record.id)
+        assert deferred.delivery_failed_count == failures
+        delays.append((deferred.next_delivery_at - deferred.last_attempt_at).total_seconds())
+        if deferred.next_delivery_at > now() + timedelta(seconds=0.2):
+            assert runner.run_once() == 0  # not yet due
+        assert wait_until(lambda: store.get(record.id).next_delivery_at <= now(), 10, 0.01)
+    assert all(b <= d < b + 0.9 for b, d in zip((1, 2, 4), delays, strict=True)), delays
 
 
 def test_expired_record_bounces_as_4_4_7(runner: Runner, store: QueueStore,
@@ -347,14 +349,17 @@ def test_two_runners_never_deliver_a_message_twice(
 def test_runner_killed_mid_delivery_loses_nothing(
     env: dict[str, str], store: QueueStore, sink: Sink, tmp_path: Path
 ) -> None:
-    sink.handler.script = Script(delay=0.01)
+    # After 20 messages the sink holds its DATA replies: the runner is surely killed in the
+    # middle of deliveries (with a mere delay it could finish all 200 before the kill).
+    sink.handler.script = Script(hold_after=20)
     for n in range(200):
         store.enqueue(message(n), "s@sender.test", [f"r{n}@remote.test"])
     first = start_runner(env, tmp_path / "runner.log", "--once")
-    assert wait_until(lambda: len(sink.messages) >= 20, 30)
+    assert wait_until(lambda: len(sink.attempts) >= 20 and len(sink.messages) == 20, 60)
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    assert 0 < len(sink.messages) < 200
+    assert len(sink.messages) == 20
+    sink.release()
     second = start_runner(env, tmp_path / "runner.log", "--once")
     assert second.wait(timeout=120) == 0
     delivered = {m.content.split(b"Message-ID: <")[1].split(b">")[0] for m in sink.messages}
@@ -414,3 +419,143 @@ def test_daemon_workers_split_the_messages_and_deliver_each_once(
         assert wait_until(lambda: child_pids(daemon.pid) == [], 5)
     finally:
         stop(daemon)
+
+
+def test_deferred_records_are_retried_on_time_between_sweeps(tmp_path: Path, sink: Sink) -> None:
+    """Records that come in through hints and are deferred after the start-up sweep are
+    retried at their NextDeliveryScheduledAt, not at the next sweep (60 s by default)."""
+    env = tmail_env(tmp_path, TMAIL_ROUTES=sink.route, TMAIL_RETRY_MIN_BACKOFF="2",
+                    TMAIL_RETRY_MAX_BACKOFF="2", TMAIL_RUNNER_PROCESSES="2")
+    assert tmail_config.load(env).runner_sweep_interval == 60  # the default
+    sink.handler.script = Script(first_data="451 4.3.0 not yet")
+    store = QueueStore(tmail_config.load(env).queue_dir)
+    log = tmp_path / "runner.log"
+    daemon = start_runner(env, log)
+    try:
+        assert wait_until(lambda: log.read_text().count("watching") == 2, 20), log.read_text()
+        records: list[Record] = []
+        due: dict[int, float] = {}
+
+        def all_due_times_seen() -> bool:  # each record's due time, read between attempts
+            for record in records:
+                current = store.get(record.id)
+                if current is not None and current.delivery_failed_count == 1:
+                    due.setdefault(record.id, current.next_delivery_at.timestamp())
+            return len(due) == len(records)
+
+        for n in range(8):
+            records += store.enqueue(message(n), "s@sender.test", [f"r{n}@remote.test"])
+            wait_until(all_due_times_seen, 0.2, 0.02)  # spaces the enqueues, watching
+        assert wait_until(all_due_times_seen, 20, 0.02), log.read_text()
+        assert wait_until(lambda: len(sink.messages) == len(records), 20), log.read_text()
+    finally:
+        stop(daemon)
+    retried = {a.message_id: a.at for a in sink.attempts if a.reply.startswith("2")}
+    lateness = sorted(retried[f"m{n}@sender.test".encode()] - due[record.id]
+                      for n, record in enumerate(records))
+    print(f"retry punctuality (due -> attempt): median {lateness[len(lateness) // 2]:.3f} s, "
+          f"worst {lateness[-1]:.3f} s")
+    assert lateness[0] > -0.05 and lateness[-1] < 1.0, lateness
+
+
+def test_an_unexpected_error_of_an_attempt_defers_the_record_with_a_backoff(
+    runner: Runner, store: QueueStore, users: UserStore, config: Config
+) -> None:
+    """sqlite3.DatabaseError is neither OSError nor SMTPException: it must not leave the
+    record in status 0 to be retried at every sweep."""
+    users.create(f"bob@{LOCAL}", "password1", have_mailbox=True)
+    [record] = store.enqueue(message(), "s@sender.test", [f"bob@{LOCAL}"])
+    for path in config.users_db.parent.glob(config.users_db.name + "*"):  # with -wal, -shm
+        path.unlink()
+    config.users_db.write_bytes(b"this is not a database" * 1000)
+    assert runner.run_once() == 1
+    deferred = store.get(record.id)
+    assert deferred.status == Status.SCHEDULED and deferred.delivery_failed_count == 1
+    assert deferred.last_error.startswith("451 4.3.0 internal error: DatabaseError")
+    assert deferred.next_delivery_at > now()
+    assert runner.run_once() == 0  # no hot loop: the backoff holds
+
+
+@pytest.mark.parametrize("smtputf8", [True, False])
+def test_non_ascii_addresses_go_with_smtputf8_or_bounce_with_5_6_7(
+    config: Config, store: QueueStore, smtputf8: bool
+) -> None:
+    with Sink(smtputf8=smtputf8) as server:
+        runner = Runner.build(dataclasses.replace(
+            config, routes=(("*", HostPort("127.0.0.1", server.port)),)))
+        try:
+            store.enqueue(message(), "s@sender.test",
+                          ["θσ@remote.test", "ascii@remote.test", "bob@bücher.test"])
+            runner.run_once()
+        finally:
+            runner.shutdown()
+        delivered = sorted(rcpt for m in server.messages for rcpt in m.rcpt_tos)
+        failed = [block for dsn in dsns(store) for block in report(dsn)[1:]]
+    if smtputf8:
+        # bücher.test is another transaction, with no need for SMTPUTF8: its A-label
+        assert delivered == ["ascii@remote.test", "bob@xn--bcher-kva.test", "θσ@remote.test"]
+        assert ["SMTPUTF8"] in [[o for o in opts if o == "SMTPUTF8"]
+                                for opts in server.handler.mail_options]
+        assert failed == []
+    else:  # the domain goes as its A-label; a non-ASCII local part cannot go at all
+        assert delivered == ["ascii@remote.test", "bob@xn--bcher-kva.test"]
+        [block] = failed
+        assert block["Status"] == "5.6.7"
+        assert block["Final-Recipient"] == "utf-8; \\x{3B8}\\x{3C3}@remote.test"
+    assert all(record.mail_from == "" for record in store.iter_records())  # DSNs only
+
+
+def test_a_multiline_remote_reply_cannot_forge_dsn_fields_or_log_lines(
+    runner: Runner, store: QueueStore, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = "550-5.1.1 no such user\r\n550-Action: delivered\r\n550 5.1.1 Status: 2.0.0\rX: y"
+    sink.handler.script = Script(rcpt={"no@remote.test": forged})
+    store.enqueue(message(), "s@sender.test", ["no@remote.test"])
+    with caplog.at_level("INFO", logger="queue_runner"):
+        runner.run_once()
+    [dsn] = dsns(store)
+    raw = dsn.as_bytes()
+    [block] = report(dsn)[1:]
+    assert (block.get_all("Action"), block.get_all("Status")) == (["failed"], ["5.1.1"])
+    assert "X" not in block
+    assert " ".join(block["Diagnostic-Code"].split()) == (
+        "smtp; 550-5.1.1 no such user 550-Action: delivered 550-5.1.1 Status: 2.0.0 550 X: y")
+    assert b"\nAction: delivered" not in raw and b"\rX: y" not in raw
+    assert "Original-Recipient" not in block  # none was given (no ORCPT)
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines and all("\n" not in line and "\r" not in line for line in lines)
+
+
+def test_one_dsn_per_message_and_attempt_lists_every_failed_recipient(
+    runner: Runner, store: QueueStore, sink: Sink
+) -> None:
+    rcpts = [f"r{n}@remote.test" for n in range(100)]
+    sink.handler.script = Script(rcpt={rcpt: "550 5.1.1 no such user" for rcpt in rcpts[1:]})
+    store.enqueue(message(), "s@sender.test", rcpts)
+    runner.run_once()
+    [dsn] = dsns(store)
+    blocks = report(dsn)[1:]
+    assert [b["Final-Recipient"] for b in blocks] == [f"rfc822; {r}" for r in rcpts[1:]]
+    assert {b["Action"] for b in blocks} == {"failed"}
+    assert [m.rcpt_tos for m in sink.messages] == [["r0@remote.test"]]
+    assert list(store.iter_ids()) == [next(store.iter_records()).id]  # only the DSN is left
+
+
+def test_a_dsn_to_a_non_ascii_sender_goes_out_with_smtputf8(config: Config,
+                                                            store: QueueStore) -> None:
+    """The whole SMTPUTF8 path: a bounce for mail from θ@sender.test is written in UTF-8
+    and sent with SMTPUTF8 to a server that offers it."""
+    with Sink(smtputf8=True) as server:
+        server.handler.script = Script(rcpt={"no@remote.test": "550 5.1.1 no such user"})
+        runner = Runner.build(dataclasses.replace(
+            config, routes=(("*", HostPort("127.0.0.1", server.port)),)))
+        try:
+            store.enqueue(message(), "θ@sender.test", ["no@remote.test"])
+            runner.run_once()  # bounces: the DSN is queued
+            runner.run_once()  # delivers the DSN
+        finally:
+            runner.shutdown()
+        [dsn] = server.messages
+    assert dsn.mail_from in ("", "<>") and dsn.rcpt_tos == ["θ@sender.test"]
+    assert "To: θ@sender.test\r\n".encode() in dsn.content
+    assert list(store.iter_ids()) == []

@@ -10,6 +10,7 @@ cause another bounce.
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,7 @@ from email.message import Message
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 
 from tmail.message import split_headers
 
@@ -32,6 +33,45 @@ class RecipientStatus:
     diagnostic: str = ""  # e.g. "smtp; 550 5.1.1 no such user"
     remote_mta: str = ""  # e.g. "dns; mx.example.org"
     will_retry_until: datetime | None = None
+    original_rcpt: str = ""  # the ORCPT the client gave, if any (RFC 3461)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (CR and LF included) shown as ``?``, as Postfix
+    logs untrusted text: nothing from outside can start a line of its own in a log or a
+    header we write."""
+    return _CONTROL.sub("?", text)
+
+
+def text_lines(text: str) -> list[str]:
+    """The lines of untrusted text (any of CRLF, CR, LF ends one), each printable, empty
+    ones dropped; at least one (maybe empty) line."""
+    lines = [printable(line).strip() for line in _LINE_BREAK.split(text)]
+    return [line for line in lines if line] or [""]
+
+
+def field_value(text: str) -> str:
+    """A DSN field value from text that may come from outside (a remote server's reply):
+    its lines folded (RFC 3464 §2.3.6, RFC 5322 §2.2.3), so that none can start a field."""
+    return "\n ".join(text_lines(text))
+
+
+def address_field(address: str) -> str:
+    """``rfc822; addr``, or for a non-ASCII address RFC 6533's ``utf-8`` type in its ASCII
+    (xtext) form, as ``message/delivery-status`` requires: ``\\x{HEX}`` for each non-ASCII
+    character and for ``+``, ``=`` and ``\\``, which xtext reserves."""
+    address = field_value(address)
+    if address.isascii():
+        return f"rfc822; {address}"
+    encoded = "".join(
+        f"\\x{{{ord(char):X}}}" if not char.isascii() or char in "+=\\" else char
+        for char in address
+    )
+    return f"utf-8; {encoded}"
 
 
 _INTRO = {
@@ -74,7 +114,7 @@ def build_dsn(
     subject, intro = _INTRO[action]
     report = MIMEMultipart("report", report_type="delivery-status")
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_host}>"
-    report["To"] = mail_from
+    report["To"] = field_value(mail_from)
     report["Subject"] = subject
     report["Date"] = email.utils.formatdate(localtime=True)
     report["Message-ID"] = email.utils.make_msgid(domain=reporting_host)
@@ -86,13 +126,15 @@ def build_dsn(
             delay=f"{delay_hours:g}",
             lifetime=f"{lifetime_hours:g}",
         )
-        + "\n".join(f"<{r.rcpt_to}>: {r.diagnostic or r.status}" for r in recipients)
+        + "\n".join(f"<{field_value(r.rcpt_to)}>: {field_value(r.diagnostic or r.status)}"
+                    for r in recipients)
         + "\n"
     )
     report.attach(MIMEText(text, "plain", "us-ascii" if text.isascii() else "utf-8"))
     report.attach(_delivery_status(queue_id, arrival, recipients, reporting_host))
     report.attach(_original_headers(original))
-    return report.as_bytes(policy=SMTP)
+    # A non-ASCII sender can only be reached with SMTPUTF8: its To: goes as UTF-8 then.
+    return report.as_bytes(policy=SMTP if mail_from.isascii() else SMTPUTF8)
 
 
 def _delivery_status(
@@ -108,20 +150,27 @@ def _delivery_status(
     blocks = [per_message]
     for rcpt in recipients:
         block = Message()
-        block["Final-Recipient"] = f"rfc822; {rcpt.rcpt_to}"
-        block["Original-Recipient"] = f"rfc822; {rcpt.rcpt_to}"
+        if rcpt.original_rcpt:
+            block["Original-Recipient"] = address_field(rcpt.original_rcpt)
+        block["Final-Recipient"] = address_field(rcpt.rcpt_to)
         block["Action"] = rcpt.action
         block["Status"] = rcpt.status
         if rcpt.remote_mta:
-            block["Remote-MTA"] = rcpt.remote_mta
+            block["Remote-MTA"] = _ascii_field(rcpt.remote_mta)
         if rcpt.diagnostic:
-            block["Diagnostic-Code"] = rcpt.diagnostic
+            block["Diagnostic-Code"] = _ascii_field(rcpt.diagnostic)
         if rcpt.will_retry_until is not None:
             block["Will-Retry-Until"] = email.utils.format_datetime(rcpt.will_retry_until)
         blocks.append(block)
     status = MIMEBase("message", "delivery-status")
     status.set_payload(blocks)
     return status
+
+
+def _ascii_field(text: str) -> str:
+    """``message/delivery-status`` is ASCII (RFC 3464): a reply in UTF-8 (or the U+FFFD of
+    undecodable bytes) gets ``?`` for what ASCII cannot show."""
+    return field_value(text).encode("ascii", "replace").decode("ascii")
 
 
 def _original_headers(original: bytes) -> Message:

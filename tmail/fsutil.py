@@ -145,13 +145,14 @@ def unlink_quietly(path: Path | str) -> bool:
     return True
 
 
-def makedirs(path: Path) -> None:
-    """``mkdir -p`` that makes each new directory's entry durable in its parent."""
+def makedirs(path: Path, mode: int = 0o750) -> None:
+    """``mkdir -p`` that makes each new directory's entry durable in its parent; ``mode``
+    is for ``path`` itself (parents get 0o750), as ``mkdir -p -m`` does."""
     if path.is_dir():
         return
     makedirs(path.parent)
     try:
-        os.mkdir(path, 0o750)
+        os.mkdir(path, mode)
     except FileExistsError:
         return
     except OSError as exc:  # pragma: no cover - a race with a concurrent rmdir is not expected

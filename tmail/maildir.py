@@ -9,14 +9,19 @@ file is rebuilt from the directory when it is missing or has grown long, as the 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
+import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tmail.fsutil import fsync_dir
+from tmail import fsutil
+
+log = logging.getLogger(__name__)
 
 _COUNTER = itertools.count()
 _MAILDIRSIZE_MAX = 5120  # bytes; past this the file is recalculated
@@ -33,8 +38,15 @@ class Delivered:
 
 
 def ensure_maildir(maildir: Path) -> None:
-    for sub in ("tmp", "new", "cur"):
-        (maildir / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create the Maildir (and the home above it) for a first delivery, durably: each new
+    directory's entry is ``fsync``ed into its parent, up to a directory that existed. Else a
+    crash could take the new mailbox, and the first message in it, after the runner removed
+    the message from the queue."""
+    subdirs = [maildir / sub for sub in ("tmp", "new", "cur")]
+    if all(path.is_dir() for path in subdirs):
+        return
+    for path in (maildir, *subdirs):
+        fsutil.makedirs(path, mode=0o700)
 
 
 def local_copy(raw: bytes, return_path: str, delivered_to: str) -> bytes:
@@ -73,7 +85,7 @@ def deliver(maildir: Path, message: bytes, quota: int | None) -> Delivered:
     os.close(fd)
     final = maildir / "new" / name
     os.rename(tmp, final)
-    fsync_dir(maildir / "new")
+    fsutil.fsync_dir(maildir / "new")
     if quota is not None:
         _append_usage(maildir, size, 1)
     return Delivered(final, size)
@@ -121,8 +133,19 @@ def _size_of(entry: os.DirEntry[str]) -> int:
 
 
 def _append_usage(maildir: Path, size: int, count: int) -> None:
-    fd = os.open(maildir / "maildirsize", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    """Count a delivery in ``maildirsize``. The message is in ``new/`` already: a failure
+    here (a full file system) must not fail the delivery (it would be delivered twice), so
+    the file is removed instead, and rebuilt from the directory at the next delivery."""
+    path = maildir / "maildirsize"
     try:
-        os.write(fd, f"{size} {count}\n".encode())
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            line = f"{size} {count}\n".encode()
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "short write")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.warning("cannot update %s (%s); it will be recalculated", path, exc)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -103,7 +103,8 @@ class Enqueuer:
     """The enqueue path of one store (its layout, its id allocator, its known directories)."""
 
     def __init__(self, layout: QueueLayout, ids: IdAllocator,
-                 ensure_dir: Callable[[Path], None], notify: Callable[[list[int]], None]) -> None:
+                 ensure_dir: Callable[[Path], None],
+                 notify: Callable[[list[Record]], None]) -> None:
         self.layout = layout
         self._ids = ids
         self._ensure_dir = ensure_dir
@@ -209,7 +210,7 @@ class Enqueuer:
         #    between the two leaves a record without its link: the store's reader repairs it.
         self._step(staged, self._show_records)
         self._sync_dirs(staged, lambda item: [self.layout.record_dir(r.id) for r in item.records])
-        self._notify([record.id for item in staged if item.error is None
+        self._notify([record for item in staged if item.error is None
                       for record in item.records])
 
     def _link_raw(self, item: _Staged) -> None:

@@ -4,7 +4,7 @@
 
     queue/
       next-id                           the id counter (decimal text), flock'd to allocate
-      notify                            append-only hints "<Id>\\n" the daemon runner watches
+      notify                            hints "<Id> <Uuid> <due>" the daemon runner watches
       messages/<u0u1u2>/<Uuid>.eml      the raw message, found from its Uuid
       records/<a>/<b>/<Id>.json         one record per recipient, found from its Id
       records/<a>/<b>/<Id>.eml          a hard link to the raw message, one per record

@@ -30,7 +30,7 @@ from typing import Any
 
 from tmail import fsutil
 from tmail.faults import fault_point
-from tmail.queue import locks
+from tmail.queue import locks, notify
 from tmail.queue.enqueue import Enqueuer, Envelope
 from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
@@ -147,26 +147,14 @@ class QueueStore:
         with self._dir_mutex:
             self._known_dirs.add(path)
 
-    def _notify(self, ids: Sequence[int]) -> None:
-        """Append a hint for the daemon runner; not durable (the runner sweeps at start-up)."""
-        if not ids:
-            return
-        payload = "".join(f"{record_id}\n" for record_id in ids).encode()
-        try:
-            fd = os.open(
-                self.layout.notify, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
-            )
-            try:
-                os.write(fd, payload)
-            finally:
-                os.close(fd)
-        except OSError:
-            log.warning("cannot append to %s; the runner will find the records by sweeping",
-                        self.layout.notify, exc_info=True)
+    def _notify(self, records: Sequence[Record]) -> None:
+        """Append hints for the daemon runner (:mod:`tmail.queue.notify`)."""
+        notify.append(self.layout.notify, records)
 
     def wake(self, ids: Sequence[int]) -> None:
-        """Ask the daemon runner to look at these records now (after a release or a retry)."""
-        self._notify(ids)
+        """Ask the daemon runner to look at these records now (after a release or a retry):
+        the hints carry each record's Uuid and its new due time."""
+        notify.append(self.layout.notify, [r for r in map(self._load, ids) if r is not None])
 
     # --- reading ---------------------------------------------------------------------------
 
