@@ -122,17 +122,14 @@ def queued_digests(store: QueueStore) -> dict[str, str]:
     return digests
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=50)
-    parser.add_argument("--mib", type=int, default=20)
-    args = parser.parse_args(argv)
+def measure(sessions_count: int = 50, mib: int = 20) -> dict[str, float]:
+    """Run the load once: RSS before and peak (MiB), seconds, messages accepted and intact."""
     with tempfile.TemporaryDirectory(prefix="tmail-smtp-memory-") as tmp:
         process, port, env = start_receiver(Path(tmp))
         try:
             before = status_kib(process.pid, "VmRSS")
-            barrier = threading.Barrier(args.sessions)
-            sessions = [Session(port, n, args.mib, barrier) for n in range(args.sessions)]
+            barrier = threading.Barrier(sessions_count)
+            sessions = [Session(port, n, mib, barrier) for n in range(sessions_count)]
             started = time.monotonic()
             for session in sessions:
                 session.start()
@@ -148,14 +145,26 @@ def main(argv: list[str] | None = None) -> int:
     accepted = [s for s in sessions if s.reply.startswith(b"250")]
     intact = sum(1 for s in accepted
                  if queued.get(s.reply.split()[-1].decode()) == s.digest.hexdigest())
-    growth = (peak - before) / 1024
+    return {"sessions": sessions_count, "mib": mib, "before": before / 1024,
+            "peak": peak / 1024, "growth": (peak - before) / 1024, "seconds": elapsed,
+            "accepted": len(accepted), "intact": intact}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--mib", type=int, default=20)
+    args = parser.parse_args(argv)
+    m = measure(args.sessions, args.mib)
     total = args.sessions * args.mib
-    print(f"{args.sessions} sessions x {args.mib} MiB at once ({total} MiB) in {elapsed:.1f} s")
-    print(f"receiver RSS before {before / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB: "
-          f"growth {growth:.0f} MiB (target < {TARGET_MIB}; {growth / total:.3f} of the data)")
-    print(f"accepted {len(accepted)}/{args.sessions}, queued byte for byte {intact}/"
-          f"{args.sessions}")
-    ok = growth < TARGET_MIB and intact == args.sessions
+    print(f"{args.sessions} sessions x {args.mib} MiB at once ({total} MiB) in "
+          f"{m['seconds']:.1f} s")
+    print(f"receiver RSS before {m['before']:.0f} MiB, peak {m['peak']:.0f} MiB: "
+          f"growth {m['growth']:.0f} MiB (target < {TARGET_MIB}; {m['growth'] / total:.3f} "
+          "of the data)")
+    print(f"accepted {m['accepted']:.0f}/{args.sessions}, queued byte for byte "
+          f"{m['intact']:.0f}/{args.sessions}")
+    ok = m["growth"] < TARGET_MIB and m["intact"] == args.sessions
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -15,7 +15,14 @@ import os
 import threading
 import time
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from queue_runner.delivery import Runner
@@ -28,12 +35,19 @@ log = logging.getLogger("queue_runner")
 _TICK = 1.0
 
 
+# What a writer does to the notify file. Opening, reading and closing it unwritten are what
+# the workers themselves do: waking on those, each read would wake every worker again.
+_NEWS = frozenset({EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED, EVENT_TYPE_CLOSED})
+
+
 class _Wake(FileSystemEventHandler):
     def __init__(self, names: tuple[str, ...], event: threading.Event) -> None:
         self._suffixes = tuple(os.sep + name for name in names)
         self._event = event
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _NEWS:
+            return
         paths = (str(event.src_path), str(getattr(event, "dest_path", "") or ""))
         if any(path.endswith(self._suffixes) for path in paths):
             self._event.set()

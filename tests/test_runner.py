@@ -334,6 +334,36 @@ def test_daemon_picks_up_new_mail_quickly_and_mail_queued_while_down(
     assert daemon.returncode == 0
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes, from /proc (clock ticks to seconds)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_daemon_does_not_wake_itself_by_reading_notify(
+    env: dict[str, str], store: QueueStore, sink: Sink, tmp_path: Path
+) -> None:
+    """Reading the notify file opens and closes it: those inotify events are not new mail.
+    When they woke the workers, each read woke every worker again: a core spent on nothing."""
+    store.enqueue(message(), "s@sender.test", ["r@remote.test"])  # creates notify
+    daemon = start_runner({**env, "TMAIL_RUNNER_PROCESSES": "2"}, tmp_path / "runner.log")
+    try:
+        assert wait_until(lambda: len(sink.messages) == 1, 10)
+        assert wait_until(lambda: len(child_pids(daemon.pid)) == 2, 10)
+        pids = [daemon.pid, *child_pids(daemon.pid)]
+        time.sleep(1.0)
+        before, started = cpu_seconds(pids), time.monotonic()
+        time.sleep(3.0)
+        share = (cpu_seconds(pids) - before) / (time.monotonic() - started)
+        assert share < 0.1, f"idle daemon used {share:.0%} of a core"
+    finally:
+        stop(daemon)
+
+
 def test_two_runners_never_deliver_a_message_twice(
     env: dict[str, str], store: QueueStore, sink: Sink, tmp_path: Path
 ) -> None:
