@@ -1,23 +1,23 @@
 """One delivery pass, shared by the cron driver (``--once``) and the daemon.
 
 Every attempt follows the same steps for each record: take its delivery claim (so that no
-other runner touches it), mark it in delivery under the short mutation lock, deliver with no
-lock held, then take the mutation lock again and apply the result *and* whatever an admin
-marked meanwhile (discard, bounce, hold). A killed runner loses its claims with its process;
-the next pass picks the records up again (at-least-once).
+other runner touches it; the claim alone says "in delivery", nothing is written), deliver
+with no lock held, then take the short mutation lock and apply the result *and* whatever an
+admin marked meanwhile (discard, bounce, hold), for all the recipients of the message in one
+batch. A record is read once per attempt, when it is claimed. A killed runner loses its
+claims with its process; the next pass picks the records up again (at-least-once).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from queue_runner.reports import AttemptReports
 from queue_runner.results import RecipientResult, failure
@@ -26,7 +26,7 @@ from queue_runner.transports import MaildirTransport, Outgoing, SmtpTransport, T
 from tmail.config import Config
 from tmail.dsn import printable
 from tmail.metrics import DELIVERIES, Counters
-from tmail.queue import LockedRecord, QueueStore, Record, RecordError, Status, notify
+from tmail.queue import Claim, LockedRecord, QueueStore, Record, RecordError, Status, notify
 from tmail.queue.notify import Hint
 from tmail.queue.record import now
 from tmail.users import UserStore
@@ -174,17 +174,18 @@ class Runner:
         record never spins, and the others go on."""
         claimed: list[int] = []
         try:
-            with contextlib.ExitStack() as claims:
-                fds: dict[int, int] = {}
-                for record in group:
-                    fd = claims.enter_context(self.store.claimed(record.id))
-                    if fd is not None:  # else another runner has it
-                        fds[record.id] = fd
+            with contextlib.ExitStack() as stack:
+                claims = []
+                for record in sorted(group, key=lambda r: r.id):
+                    claim = stack.enter_context(self.store.claimed(record.id))
+                    if claim is not None:  # else another runner has it
+                        claims.append(claim)
                         claimed.append(record.id)
-                started = self._start_all(sorted(fds))
+                attempt_at = now()
+                started = self._start_all(claims)
                 if started:
-                    raw = os.pread(fds[started[0].id], os.fstat(fds[started[0].id]).st_size, 0)
-                    self._finish_all(started, self._send(started, raw))
+                    results = self._send([c.record for c in started], started[0].read_raw())
+                    self._finish_all(started, results, attempt_at)
         except Exception:
             log.exception("%s: delivery attempt failed unexpectedly; retrying in %gs",
                           group[0].uuid, backoff(self.config, 1))
@@ -227,57 +228,86 @@ class Runner:
             return self._slots[destination]
 
     @contextlib.contextmanager
-    def _all_locked(self, ids: Iterable[int]) -> Iterator[list[LockedRecord]]:
-        """The mutation locks of several records of one message, taken in ``Id`` order.
+    def _all_locked(self, claims: list[Claim]) -> Iterator[list[LockedRecord]]:
+        """The mutation locks of several claimed records of one message, in ``Id`` order,
+        with one batch for their changes, committed before the locks are released.
 
         Only a runner ever holds more than one mutation lock, and only for records whose
         delivery claims it holds already, so no two holders of several locks can meet.
         """
+        batch = self.store.batch()
         with contextlib.ExitStack() as stack:
-            held = [stack.enter_context(self.store.locked(record_id))
-                    for record_id in sorted(ids)]
-            yield [locked for locked in held if locked is not None]
+            held = [stack.enter_context(claim.locked(batch))
+                    for claim in sorted(claims, key=lambda c: c.id)]
+            try:
+                yield [locked for locked in held if locked is not None]
+            finally:
+                batch.commit()
 
-    def _start_all(self, ids: list[int]) -> list[Record]:
-        """Under the mutation locks: apply marks left over, expire, or mark in delivery."""
-        started = []
-        with self._all_locked(ids) as held:
-            reports = self._reports()
-            for locked in held:
-                record = self._start(locked, reports)
-                if record is not None:
-                    started.append(record)
-            reports.send()
-        return started
+    def _start_all(self, claims: list[Claim]) -> list[Claim]:
+        """The claims to deliver now. Nothing is written for those: the claim says "in
+        delivery". Marks left over (discard, bounce) and expiry are applied under the
+        mutation locks, re-reading the record if an admin changed it meanwhile."""
+        started, to_act = [], []
+        moment = now()
+        for claim in claims:
+            verdict = self._verdict(claim.record, moment)
+            if verdict == "deliver":
+                started.append(claim)
+            elif verdict == "act":
+                to_act.append(claim)
+        if to_act:
+            by_id = {claim.id: claim for claim in to_act}
+            with self._all_locked(to_act) as held:
+                reports = self._reports()
+                for locked in held:
+                    if self._start(locked, reports):
+                        started.append(by_id[locked.record.id])
+                reports.send()
+        return sorted(started, key=lambda c: c.id)
 
-    def _start(self, locked: LockedRecord, reports: AttemptReports) -> Record | None:
-        record = locked.record
+    def _verdict(self, record: Record, moment: datetime) -> str:
+        """What the start of an attempt does with ``record``: "deliver", "skip" (held, or
+        rescheduled meanwhile) or "act" (a mark or expiry to apply under the lock)."""
         if record.status == Status.HELD:
-            return None
+            return "skip"
+        if record.status in (Status.DISCARD, Status.BOUNCE):
+            return "act"
+        if record.next_delivery_at > moment:
+            self.schedule.add(record.id, record.next_delivery_at.timestamp())  # rescheduled
+            return "skip"
+        if record.age_seconds(moment) >= self.config.max_queue_lifetime:
+            return "act"
+        return "deliver"
+
+    def _start(self, locked: LockedRecord, reports: AttemptReports) -> bool:
+        """Under the mutation lock: apply a mark or expire; whether to deliver after all."""
+        record = locked.record
+        verdict = self._verdict(record, now())
+        if verdict != "act":
+            return verdict == "deliver"
         if record.status == Status.DISCARD:
             self._discard(locked)
         elif record.status == Status.BOUNCE:
             reports.fail(locked, ADMIN_RESULT, ADMIN_REASON)
-        elif record.status == Status.SCHEDULED and record.next_delivery_at > now():
-            self.schedule.add(record.id, record.next_delivery_at.timestamp())  # rescheduled
-        elif record.age_seconds() >= self.config.max_queue_lifetime:
-            self._expire(locked, reports)
         else:
-            return locked.write(record.evolve(status=Status.IN_DELIVERY, last_attempt_at=now()))
-        return None
+            self._expire(locked, reports)
+        return False
 
-    def _finish_all(self, started: list[Record], results: list[RecipientResult]) -> None:
+    def _finish_all(self, started: list[Claim], results: list[RecipientResult],
+                    attempt_at: datetime) -> None:
         """Under the mutation locks again: each result, unless an admin's mark says otherwise;
-        one DSN for every recipient that failed in this attempt (and one for those delayed)."""
-        by_id = {record.id: result for record, result in zip(started, results, strict=True)}
-        with self._all_locked(by_id) as held:
+        one DSN for every recipient that failed in this attempt (and one for those delayed);
+        one batch of changes for them all."""
+        by_id = {claim.id: result for claim, result in zip(started, results, strict=True)}
+        with self._all_locked(started) as held:
             reports = self._reports()
             for locked in held:
-                self._finish(locked, by_id[locked.record.id], reports)
+                self._finish(locked, by_id[locked.record.id], reports, attempt_at)
             reports.send()
 
     def _finish(self, locked: LockedRecord, result: RecipientResult,
-                reports: AttemptReports) -> None:
+                reports: AttemptReports, attempt_at: datetime) -> None:
         current = locked.record
         if result.sent:
             self._log(current, result)
@@ -289,17 +319,17 @@ class Runner:
         elif result.permanent:
             reports.fail(locked, result, "The remote server refused the message.")
         else:
-            self._defer(locked, result, reports)
+            self._defer(locked, result, reports, attempt_at)
 
     # --- outcomes ----------------------------------------------------------------------
 
     def _defer(self, locked: LockedRecord, result: RecipientResult,
-               reports: AttemptReports) -> None:
-        record = locked.record
+               reports: AttemptReports, attempt_at: datetime) -> None:
+        record = locked.record.evolve(last_attempt_at=attempt_at)
         if record.age_seconds() >= self.config.max_queue_lifetime and (
             record.status != Status.HELD
         ):
-            locked.write(record.evolve(last_error=result.reply))
+            locked.write(record.evolve(last_error=result.reply))  # for the DSN
             self._expire(locked, reports)
             return
         failures = record.delivery_failed_count + 1

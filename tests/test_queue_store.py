@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from tmail import faults
-from tmail.queue import Envelope, EnvelopeError, QueueStore, QueueWriteError, Status
+from tmail.queue import Envelope, EnvelopeError, QueueStore, QueueWriteError, RecordFilter, Status
 from tmail.queue.layout import QueueLayout
+from tmail.queue.summary import summarize
 
 RAW = b"From: alice@example.org\r\nMessage-ID: <m1@example.org>\r\nSubject: hi\r\n\r\nbody\r\n"
 REPO = Path(__file__).resolve().parent.parent
@@ -202,16 +203,50 @@ def test_record_whose_raw_message_is_missing_is_quarantined(store: QueueStore) -
 
 def test_claim_excludes_other_claimants_and_reads_as_status_zero(store: QueueStore) -> None:
     store.enqueue(RAW, "a@b.org", ["x@y.org"])
-    with store.claimed(1) as fd:
-        assert fd is not None
+    with store.claimed(1) as claim:
+        assert claim is not None
         with store.claimed(1) as second:
             assert second is None  # another thread or process: refused
         with store.locked(1) as locked:
             assert locked is not None and locked.in_delivery
-            locked.write(locked.record.evolve(status=Status.IN_DELIVERY))
         assert store.get(1).status == Status.IN_DELIVERY
-    # The claim died with its file: a status 0 left behind reads as scheduled.
-    assert store.get(1).status == Status.SCHEDULED
+    assert store.get(1).status == Status.SCHEDULED  # the claim died with its file
+
+
+def statuses_seen(store: QueueStore) -> dict[str, object]:
+    """What every reader of the queue says about record 1's status."""
+    return {
+        "get": store.get(1).status,
+        "records": [r.status for r in store.iter_records()],
+        "listing": [json.loads(data)["Status"] for _, data in store.iter_raw_records()],
+        "parsed": [parsed["Status"] for parsed, _ in store.iter_raw_records()],
+        "filter 0": [p["Id"] for p, _ in store.iter_raw_records(RecordFilter(status=Status(0)))],
+        "summary": dict(summarize(store).by_status),
+    }
+
+
+def test_every_reader_derives_status_zero_from_the_claim_not_from_the_file(
+    store: QueueStore,
+) -> None:
+    store.enqueue(RAW, "a@b.org", ["x@y.org"])
+    with store.claimed(1) as claim:
+        assert claim is not None
+        assert statuses_seen(store) == {"get": 0, "records": [0], "listing": [0], "parsed": [0],
+                                        "filter 0": [1], "summary": {0: 1}}
+        # The file keeps the scheduled state while the delivery is in progress.
+        assert json.loads(store.layout.record_json(1).read_bytes())["Status"] == 2
+    assert statuses_seen(store) == {"get": 2, "records": [2], "listing": [2], "parsed": [2],
+                                    "filter 0": [], "summary": {2: 1}}
+
+
+def test_a_status_zero_left_on_disk_by_an_older_version_reads_as_scheduled(
+    store: QueueStore,
+) -> None:
+    store.enqueue(RAW, "a@b.org", ["x@y.org"])
+    path = store.layout.record_json(1)
+    path.write_bytes(path.read_bytes().replace(b'"Status": 2', b'"Status": 0'))
+    assert statuses_seen(store) == {"get": 2, "records": [2], "listing": [2], "parsed": [2],
+                                    "filter 0": [], "summary": {2: 1}}
 
 
 def test_mutation_lock_serialises_threads(store: QueueStore) -> None:

@@ -256,6 +256,30 @@ def test_admin_action_during_an_attempt_is_applied_after_it(
     assert len(sink.messages) == (1 if delivered else 0)
 
 
+def test_a_delivery_in_progress_writes_nothing_and_its_outcome_is_written_once(
+    runner: Runner, store: QueueStore, sink: Sink
+) -> None:
+    """Status 0 comes from the claim: the files keep the scheduled state during the attempt;
+    the deferral then writes every recipient of the message, LastAttemptAt included."""
+    sink.handler.script = Script(data="451 4.3.0 busy", delay=0.6)
+    records = store.enqueue(message(), "s@sender.test", [f"r{n}@remote.test" for n in range(3)])
+    files = [store.layout.record_json(r.id) for r in records]
+    before = [path.read_bytes() for path in files]
+    started = now()
+    attempt = threading.Thread(target=runner.run_once)
+    attempt.start()
+    assert wait_until(lambda: all(store.get(r.id).status == Status.IN_DELIVERY
+                                  for r in records), 5, 0.01)
+    assert [path.read_bytes() for path in files] == before
+    attempt.join()
+    after = [store.get(r.id) for r in records]
+    assert {r.status for r in after} == {Status.SCHEDULED}
+    assert {r.delivery_failed_count for r in after} == {1}
+    assert len({r.last_attempt_at for r in after}) == 1
+    assert started <= after[0].last_attempt_at <= now()
+    assert all(r.last_error == "451 4.3.0 busy" for r in after)
+
+
 def test_held_records_are_neither_delivered_nor_expired(runner: Runner, store: QueueStore,
                                                         sink: Sink, config: Config) -> None:
     [record] = store.enqueue(message(), "s@sender.test", ["r@remote.test"])

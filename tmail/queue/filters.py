@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tmail.queue.record import Record, Status, parse_time
+from tmail.queue.record import Status, parse_time
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,9 @@ class RecordFilter:
             for value in (self.status, self.host, self.rcpt, self.mail_from, self.older_than)
         )
 
-    def matches(self, record: Record, at: datetime) -> bool:
-        """The test on a :class:`Record`: the same one as on its JSON (one definition)."""
-        return self.matches_json(record.to_json(), at)
-
-    def matches_json(self, data: dict[str, Any], at: datetime) -> bool:
-        """The test on a record's checked JSON (``parse_record``), the form listings read."""
+    def matches(self, data: dict[str, Any], at: datetime) -> bool:
+        """The test on a record's checked JSON (``parse_record``), the form listings read
+        (with the status a reader shows: see ``claims.py``)."""
         if self.status is not None and data["Status"] != self.status:
             return False
         if self.host is not None and data["Host"] != self.host.lower():

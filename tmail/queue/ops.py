@@ -15,9 +15,10 @@ from enum import Enum
 
 from tmail.dsn import RecipientStatus, build_dsn
 from tmail.metrics import DSNS, Counters
+from tmail.queue.changes import LockedRecord
 from tmail.queue.filters import RecordFilter
 from tmail.queue.record import Record, Status, now
-from tmail.queue.store import LockedRecord, QueueStore
+from tmail.queue.store import QueueStore
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class QueueOps:
                 return Outcome.NOT_APPLICABLE
             if locked.in_delivery:
                 # Held during an attempt that is still running: just take the mark back.
-                locked.write(locked.record.evolve(status=Status.IN_DELIVERY))
+                locked.write(locked.record.evolve(status=Status.SCHEDULED))
                 return Outcome.DONE
             locked.write(locked.record.evolve(status=Status.SCHEDULED, next_delivery_at=now()))
         self.store.wake([record_id])
@@ -166,9 +167,7 @@ class QueueOps:
         with self.store.locked(record_id) as locked:
             if locked is None:
                 return Outcome.NOT_FOUND
-            if locked.in_delivery or locked.record.status not in (
-                Status.SCHEDULED, Status.IN_DELIVERY,
-            ):
+            if locked.in_delivery or locked.record.status != Status.SCHEDULED:
                 return Outcome.NOT_APPLICABLE
             locked.write(locked.record.evolve(status=Status.SCHEDULED, next_delivery_at=now()))
         self.store.wake([record_id])

@@ -117,6 +117,24 @@ class Scanner:
         finally:
             os.close(fd)
 
+    def open_record(self, record_id: int) -> tuple[int, bytes] | None:
+        """Record ``record_id``'s file, open, and its bytes (a claim keeps it open to see
+        later, with one ``stat``, whether it was replaced); ``None`` like :meth:`read_record`."""
+        path = self.layout.record_json(record_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.unreadable.note(record_id, path, exc)
+            return None
+        try:
+            return fd, _read_all(fd)
+        except OSError as exc:
+            os.close(fd)
+            self.unreadable.note(record_id, path, exc)
+            return None
+
     def open_record_raw(self, record_id: int) -> int | None:
         """An ``O_RDWR`` fd of the record's ``.eml`` link (locks are taken through it), or
         ``None`` when it is gone or not ours (reported once)."""

@@ -19,23 +19,25 @@ Crash safety rests on three rules:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tmail import fsutil
-from tmail.faults import fault_point
 from tmail.queue import locks, notify
+from tmail.queue.changes import Batch, LockedRecord
+from tmail.queue.claims import Claim, claim_candidates, shown_status
 from tmail.queue.enqueue import Enqueuer, Envelope
 from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
 from tmail.queue.layout import UUID_PATTERN, QueueLayout, valid_id
-from tmail.queue.record import Record, RecordError, Status, now, parse_record
+from tmail.queue.record import Record, RecordError, now, parse_record
 from tmail.queue.scan import Scanner
 from tmail.queue.spool import Spool
 
@@ -48,39 +50,6 @@ class QuarantinedRecord:
     path: Path
     reason: str
     quarantined_at: datetime
-
-
-class LockedRecord:
-    """A record held under its mutation lock: read it, rewrite it or remove it.
-
-    Obtained from :meth:`QueueStore.locked`; valid only inside that ``with`` block.
-    """
-
-    def __init__(self, store: QueueStore, record: Record, fd: int) -> None:
-        self._store = store
-        self.record = record
-        self.fd = fd  # the open message inode; read the raw message through it (``read_raw``)
-        self.removed = False
-
-    @property
-    def in_delivery(self) -> bool:
-        """Whether a runner holds the delivery claim of this record right now."""
-        return locks.is_locked(self.fd, locks.claim_byte(self.record.id))
-
-    def read_raw(self) -> bytes:
-        size = os.fstat(self.fd).st_size
-        return os.pread(self.fd, size, 0)
-
-    def write(self, record: Record) -> Record:
-        if record.id != self.record.id:
-            raise ValueError("a locked record cannot change its Id")
-        self._store._write_record(record)
-        self.record = record
-        return record
-
-    def remove(self) -> None:
-        self._store._remove_record(self.record, self.fd)
-        self.removed = True
 
 
 class QueueStore:
@@ -154,17 +123,17 @@ class QueueStore:
     def wake(self, ids: Sequence[int]) -> None:
         """Ask the daemon runner to look at these records now (after a release or a retry):
         the hints carry each record's Uuid and its new due time."""
-        notify.append(self.layout.notify, [r for r in map(self._load, ids) if r is not None])
+        notify.append(self.layout.notify, [r for r in map(self.load, ids) if r is not None])
 
     # --- reading ---------------------------------------------------------------------------
 
     def get(self, record_id: int) -> Record | None:
-        """The record ``record_id``, or ``None``; ``Status`` 0 only while a runner holds it.
+        """The record ``record_id``, or ``None``; ``Status`` 0 while a runner holds its claim
+        (see ``claims.py``: 0 is never read from the file).
 
-        A record a killed runner left in status 0 reads as 2 (scheduled): its claim is gone.
         A record whose raw message is missing is quarantined and reads as absent.
         """
-        record = self._load(record_id)
+        record = self.load(record_id)
         if record is None:
             return None
         fd = self._open_raw(record)
@@ -174,9 +143,8 @@ class QueueStore:
             claimed = locks.is_locked(fd, locks.claim_byte(record_id))
         finally:
             os.close(fd)
-        if record.status == Status.IN_DELIVERY and not claimed:
-            record = record.evolve(status=Status.SCHEDULED)
-        return record
+        status = shown_status(record.status, claimed)
+        return record if status == record.status else record.evolve(status=status)
 
     def _open_raw(self, record: Record) -> int | None:
         """Open the record's link to its raw message, repairing or quarantining as needed.
@@ -204,17 +172,24 @@ class QueueStore:
         except OSError as exc:
             self._scan.unreadable.note(record.id, path, exc)
 
-    def _load(self, record_id: int) -> Record | None:
+    def load(self, record_id: int) -> Record | None:
+        """The record as its file says, but never status 0 (only a claim means that), or
+        ``None``; a file that is not a record is quarantined."""
         if not valid_id(record_id):
             return None
         data = self._scan.read_record(record_id)
         if data is None:
             return None
+        return self._parse(record_id, data)
+
+    def _parse(self, record_id: int, data: bytes) -> Record | None:
         try:
-            return Record.from_bytes(data, record_id)
+            record = Record.from_bytes(data, record_id)
         except RecordError as exc:
             self.quarantine(record_id, str(exc))
             return None
+        status = shown_status(record.status, claimed=False)
+        return record if status == record.status else record.evolve(status=status)
 
     def iter_ids(self, after: int = 0) -> Iterator[int]:
         """Every record id in ascending order, without reading the records."""
@@ -230,9 +205,12 @@ class QueueStore:
         is not a record is quarantined) but not turned into :class:`Record` objects, and the
         API streams the file bytes as they are: at 100,000 records that is the difference
         between a listing in seconds and one in tens of them. Files are opened relative to
-        their leaf directory (one path walk per thousand records).
+        their leaf directory (one path walk per thousand records). ``Status`` is the one
+        :meth:`get` shows, derived from the claims (``claims.py``): only the few records
+        that are claimed, or say 0, get their bytes rewritten.
         """
         moment = now()
+        candidates = claim_candidates()
         for leaf, ids in self._scan.leaves(after):
             leaf_fd = self._scan.open_dir(leaf)
             if leaf_fd is None:
@@ -247,25 +225,34 @@ class QueueStore:
                     except RecordError as exc:
                         self.quarantine(record_id, str(exc))
                         continue
-                    if record_filter is None or record_filter.matches_json(parsed, moment):
+                    claimed = (candidates is None or record_id in candidates) and (
+                        self.is_claimed(record_id))
+                    status = shown_status(parsed["Status"], claimed)
+                    if status != parsed["Status"]:
+                        parsed["Status"] = int(status)
+                        data = json.dumps(parsed, ensure_ascii=False).encode()
+                    if record_filter is None or record_filter.matches(parsed, moment):
                         yield parsed, data.rstrip(b"\n")
             finally:
                 os.close(leaf_fd)
 
+    def is_claimed(self, record_id: int) -> bool:
+        """Whether a runner holds ``record_id``'s delivery claim (exact, three syscalls)."""
+        fd = self._scan.open_record_raw(record_id)
+        if fd is None:
+            return False
+        try:
+            return locks.is_locked(fd, locks.claim_byte(record_id))
+        finally:
+            os.close(fd)
+
     def iter_records(
         self, record_filter: RecordFilter | None = None, *, after: int = 0
     ) -> Iterator[Record]:
-        """Records in ``Id`` order, read one at a time so that memory stays flat.
-
-        Unreadable records are quarantined and skipped; records removed while the walk runs
-        are skipped.
-        """
-        moment = now()
-        for record_id in self.iter_ids(after):
-            record = self._load(record_id)
-            if record is not None and (record_filter is None or record_filter.matches(record,
-                                                                                       moment)):
-                yield record
+        """Records in ``Id`` order, read one at a time so that memory stays flat: the
+        listing's records (:meth:`iter_raw_records`), as :class:`Record` objects."""
+        for parsed, _ in self.iter_raw_records(record_filter, after=after):
+            yield Record.from_json(parsed)
 
     def read_raw(self, record_id: int) -> bytes | None:
         if not valid_id(record_id):
@@ -286,7 +273,7 @@ class QueueStore:
 
         Mutation locks are short: nobody delivers or waits on the network while holding one.
         """
-        record = self._load(record_id)
+        record = self.load(record_id)
         fd = None if record is None else self._open_raw(record)
         if fd is None:
             yield None
@@ -294,47 +281,52 @@ class QueueStore:
         try:
             locks.acquire(fd, locks.mutation_byte(record_id), wait=True)
             # The record may have been removed while we waited for the lock.
-            record = self._load(record_id)
-            yield None if record is None else LockedRecord(self, record, fd)
+            record = self.load(record_id)
+            yield None if record is None else self.locked_record(record, fd)
         finally:
             os.close(fd)  # releases every lock taken through fd
 
+    def locked_record(self, record: Record, fd: int, batch: Batch | None = None,
+                      on_write: Callable[[Record], None] | None = None) -> LockedRecord:
+        """A :class:`LockedRecord` for a caller that holds the mutation lock through ``fd``."""
+        return LockedRecord(self.layout, record, fd, batch, on_write)
+
+    def batch(self) -> Batch:
+        """Changes of several locked records, made durable together (``changes.py``)."""
+        return Batch(self.layout)
+
     @contextlib.contextmanager
-    def claimed(self, record_id: int) -> Iterator[int | None]:
-        """Hold the delivery claim of ``record_id``: yields an open fd of the raw message, or
-        ``None`` if another runner is delivering it (or it is gone).
+    def claimed(self, record_id: int) -> Iterator[Claim | None]:
+        """Hold the delivery claim of ``record_id``, with the record read once: ``None`` if
+        another runner is delivering it (or it is gone).
 
         The claim dies with the process, so a killed runner leaves nothing stuck.
         """
-        if not valid_id(record_id):
-            yield None
-            return
-        fd = self._scan.open_record_raw(record_id)
+        fd = self._scan.open_record_raw(record_id) if valid_id(record_id) else None
         if fd is None:
             yield None
             return
+        claim = None
         try:
-            if not locks.acquire(fd, locks.claim_byte(record_id), wait=False):
-                yield None
-                return
-            yield fd
+            if locks.acquire(fd, locks.claim_byte(record_id), wait=False):
+                claim = self._claim(record_id, fd)
+            yield claim
         finally:
-            os.close(fd)
+            if claim is not None:
+                claim.close()
+            else:
+                os.close(fd)
 
-    def _write_record(self, record: Record) -> None:
-        fsutil.replace_atomically(self.layout.record_json(record.id), record.to_bytes(),
-                                  self.layout.tmp)
-
-    def _remove_record(self, record: Record, fd: int) -> None:
-        directory = self.layout.record_dir(record.id)
-        fsutil.unlink_quietly(self.layout.record_json(record.id))
-        fault_point("remove:record-unlinked")
-        fsutil.unlink_quietly(self.layout.record_raw(record.id))
-        fsutil.fsync_dir(directory)
-        # With no record link left, only the Uuid name keeps the message alive.
-        last_record = os.fstat(fd).st_nlink <= 1
-        if last_record and fsutil.unlink_quietly(self.layout.message_raw(record.uuid)):
-            fsutil.fsync_dir(self.layout.message_dir(record.uuid))
+    def _claim(self, record_id: int, fd: int) -> Claim | None:
+        opened = self._scan.open_record(record_id)
+        if opened is None:
+            return None
+        json_fd, data = opened
+        record = self._parse(record_id, data)
+        if record is None:
+            os.close(json_fd)
+            return None
+        return Claim(self, record, fd, json_fd)
 
     # --- quarantine and cleanup ------------------------------------------------------------
 
