@@ -421,6 +421,26 @@ def test_runner_killed_mid_delivery_loses_nothing(
     assert list(store.iter_ids()) == []
 
 
+@pytest.mark.parametrize(("fault", "reply"), [("replace:temp-written", "451 4.3.0 busy"),
+                                              ("remove:record-unlinked", "250 2.0.0 ok")])
+def test_runner_killed_while_finishing_a_message_loses_no_recipient(
+    env: dict[str, str], store: QueueStore, sink: Sink, tmp_path: Path, fault: str, reply: str
+) -> None:
+    """Killed in the middle of the batch that ends an attempt for three recipients (a
+    deferral being written, or a removal after delivery): a second runner delivers every
+    recipient that was not delivered yet, and the queue ends up empty and consistent."""
+    sink.handler.script = Script(first_data=reply)
+    store.enqueue(message(), "s@sender.test", [f"r{n}@remote.test" for n in range(3)])
+    killed = start_runner({**env, "TMAIL_FAULT": fault}, tmp_path / "runner.log", "--once")
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    second = start_runner(env, tmp_path / "runner.log", "--once")
+    assert second.wait(timeout=60) == 0
+    recipients = Counter(rcpt for m in sink.messages for rcpt in m.rcpt_tos)
+    assert set(recipients) == {f"r{n}@remote.test" for n in range(3)}
+    assert list(store.iter_ids()) == []
+    assert store.cleanup(grace=0) >= 0 and not list(store.layout.messages.rglob("*.eml"))
+
+
 def test_release_and_retry_reach_the_sink_within_a_second(
     tmp_path: Path, sink: Sink
 ) -> None:
