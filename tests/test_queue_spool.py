@@ -88,9 +88,21 @@ def test_write_on_a_full_file_system_raises_with_its_errno(tmp_path: Path) -> No
         spool.discard()
 
 
+def test_a_small_message_creates_its_file_only_at_enqueue(store: QueueStore) -> None:
+    """The receiver's event loop creates no file for a message under the buffer size: a file
+    creation waits for the journal commit another session's fsync started (ext4, XFS),
+    and would hold up every session of the process. The enqueue, in its thread, writes it."""
+    spool = store.spool()
+    spool.write(HEADERS + b"small body\r\n")
+    assert spool_files(store) == []
+    [record] = store.enqueue_many([Envelope(spool, "a@b.org", ["x@y.org"])])[0]
+    assert store.read_raw(record.id) == HEADERS + b"small body\r\n"
+    assert spool_files(store) == []
+
+
 def test_spool_left_by_a_crash_is_removed_by_cleanup(store: QueueStore) -> None:
     spool = store.spool()
-    spool.write(b"Subject: x\r\n\r\npartial")
+    spool.write(b"Subject: x\r\n\r\n" + b"partial\r\n" * 10_000)  # beyond the buffer
     # the receiver dies here: nobody discards the spool
     assert store.cleanup(grace=3600) == 0
     assert store.cleanup(grace=0) == 1

@@ -232,6 +232,20 @@ def test_relay_networks_relay_and_auth_works_without_tls_when_allowed(
         client.login(f"alice@{LOCAL}", "password1")
 
 
+def test_a_transaction_logs_one_line_and_no_protocol_trace(loose_receiver: Receiver) -> None:
+    """One line per transaction, as Postfix's smtpd: aiosmtpd's per-command INFO lines
+    ("mail.log") would be ten synchronous writes per message on the hot path."""
+    log = loose_receiver.log
+    before = log.read_bytes()
+    with loose_receiver.smtp() as client:
+        uuid = send(client, "a@elsewhere.org", [f"bob@{LOCAL}"])
+    assert wait_until(lambda: uuid.encode() in log.read_bytes())
+    assert wait_until(lambda: loose_receiver.raw().close() is None)  # one more session ends
+    new_lines = log.read_bytes()[len(before):].decode().splitlines()
+    assert [line for line in new_lines if "mail.log" in line] == []
+    assert len([line for line in new_lines if "smtp_receiver" in line]) == 1, new_lines
+
+
 def test_queue_write_failure_answers_451_and_leaves_nothing(
     tmp_path: Path,
 ) -> None:

@@ -6,9 +6,10 @@ A message goes through three steps (see the module docstring of ``store.py`` for
 1. *staging* (per message): the envelope is checked, its raw bytes are in a temp file (a
    :class:`Spool`, or bytes written into one), its records are built and serialised into temp
    files. Anything that goes wrong here (bad data, a full disk) drops that message only.
-2. *publishing* (the batch, in phases): every temp file is ``fsync``ed together, the raw files
-   are renamed into ``messages/``, the record links are made, the records appear by rename,
-   and the directories are ``fsync``ed together. A failure is charged to the message it hit.
+2. *publishing* (the batch, in two rounds of ``fsync``): every temp file is ``fsync``ed
+   together; then the raw files are renamed into ``messages/``, the record links are made,
+   the records appear by rename; then every directory is ``fsync``ed together. A failure
+   is charged to the message it hit.
 3. *cleanup* of every message that failed, whatever the exception: its records, links, raw
    file and temp files are removed, so nothing of it stays visible.
 
@@ -202,14 +203,22 @@ class Enqueuer:
     # --- publishing ----------------------------------------------------------------------
 
     def _publish(self, staged: list[_Staged]) -> None:
-        # 1. The raw bytes reach the disk under their Uuid name before any record appears.
+        # Two rounds of fsyncs for the whole batch, the least that is safe:
+        # 1. Every file (raw messages and records) reaches the disk before any of its names
+        #    appears, so no name ever shows a half-written file, even after a power cut.
         self._sync_files(staged, lambda item: [item.raw.path, *item.json_tmps])
+        # 2. The names: the raw file under its Uuid, then each record's link to it and the
+        #    record itself by one rename, the link first in the record's own directory (a
+        #    journaling file system keeps one directory's changes in order; should the
+        #    link still be missing, the store's reader makes it again from the Uuid name).
         self._step(staged, self._link_raw)
-        self._sync_dirs(staged, lambda item: [self.layout.message_dir(item.uuid)])
-        # 2. Each record gets its link to the raw file, then appears by one rename. A crash
-        #    between the two leaves a record without its link: the store's reader repairs it.
         self._step(staged, self._show_records)
-        self._sync_dirs(staged, lambda item: [self.layout.record_dir(r.id) for r in item.records])
+        # 3. Every directory that got a name, together: the ``250`` is given after this.
+        #    A crash before it may leave any part of a message visible, all of it whole:
+        #    its client had no ``250`` and sends it again.
+        self._sync_dirs(staged, lambda item: [self.layout.message_dir(item.uuid),
+                                              *(self.layout.record_dir(r.id)
+                                                for r in item.records)])
         self._notify([record for item in staged if item.error is None
                       for record in item.records])
 

@@ -2,9 +2,11 @@
 
 The SMTP receiver must not hold a whole DATA phase in memory (50 sessions of 20 MiB each are
 a gigabyte). A :class:`Spool` takes the message in chunks, writes it through a small buffer
-into a temp file, and computes on the way what the record needs: the SHA-1 ``Key``, the size
-and a bounded copy of the header block (for ``Message-ID``). At enqueue the file is ``fsync``ed
-and renamed into ``messages/``: the bytes are never read back or copied.
+into a temp file (created with the first buffer-full: a message smaller than the buffer is
+written at enqueue, off the receiver's event loop), and computes on the way what the record
+needs: the SHA-1 ``Key``, the size and a bounded copy of the header block (for
+``Message-ID``). At enqueue the file is ``fsync``ed and renamed into ``messages/``: the
+bytes are never read back or copied.
 
 A spool file left by a crash is an ordinary ``tmp/`` leftover: ``QueueStore.cleanup`` removes
 it after the grace period (its mtime moves at every write, so a live spool is never taken).
@@ -39,14 +41,10 @@ class Spool:
     """A message being received, written into ``<queue>/tmp/`` as it arrives."""
 
     def __init__(self, tmp_dir: Path, *, buffer_size: int = BUFFER_SIZE) -> None:
-        self._path: Path | None = fsutil.temp_name(tmp_dir, ".spool")
-        try:
-            self._fd: int | None = os.open(
-                self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, fsutil.FILE_MODE
-            )
-        except OSError as exc:
-            self._path = None
-            raise _write_error(exc) from exc
+        self._tmp_dir = tmp_dir
+        self._path: Path | None = None  # the file, once the first buffer-full is written
+        self._fd: int | None = None
+        self._done = False  # discarded or taken: no more writes
         self._buffer_size = buffer_size
         self._buffer = bytearray()
         self._sha1 = hashlib.sha1()
@@ -62,7 +60,7 @@ class Spool:
 
     def write(self, data: bytes) -> None:
         """Append ``data``; raises :class:`QueueWriteError` (``errno`` kept) on failure."""
-        if self._fd is None:
+        if self._done:
             raise ValueError("write to a spool that was discarded or enqueued")
         if self._failed is not None:
             raise self._failed
@@ -79,6 +77,7 @@ class Spool:
 
     def discard(self) -> None:
         """Give the message up: close and remove the temp file. Idempotent."""
+        self._done = True
         self._close()
         if self._path is not None:
             path, self._path = self._path, None
@@ -87,16 +86,20 @@ class Spool:
     def take(self) -> SpooledFile:
         """Flush and close the file and hand it over: from now on the caller owns it (moves
         it into place or removes it) and this spool is consumed."""
-        if self._fd is None or self._path is None:
+        if self._done:
             raise ValueError("this spool was already discarded or enqueued")
         try:
             if self._failed is not None:
                 raise self._failed  # never queue a message with a hole in it
             self._flush()
+            if self._fd is None:
+                self._open()  # an empty message still gets its file
         except BaseException:
             self.discard()
             raise
+        self._done = True
         self._close()
+        assert self._path is not None
         path, self._path = self._path, None
         headers = bytes(self._headers)
         return SpooledFile(path, self._sha1.hexdigest(), self._size, headers)
@@ -117,7 +120,22 @@ class Spool:
             self._write_out(self._buffer)
             self._buffer = bytearray()
 
+    def _open(self) -> None:
+        """Create the file: only when the first buffer-full is written out (or at ``take``,
+        in the enqueue's thread), so that a small message costs its event loop no file
+        creation, which can wait for the journal commit of another session's fsync."""
+        path = fsutil.temp_name(self._tmp_dir, ".spool")
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                               fsutil.FILE_MODE)
+        except OSError as exc:
+            self._failed = _write_error(exc)
+            raise self._failed from exc
+        self._path = path
+
     def _write_out(self, data: bytes | bytearray) -> None:
+        if self._fd is None:
+            self._open()
         assert self._fd is not None
         view = memoryview(data)
         try:
