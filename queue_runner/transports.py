@@ -17,7 +17,7 @@ from typing import Protocol
 from queue_runner.results import RecipientResult, failure
 from queue_runner.routing import Resolver, RoutingError, destination
 from tmail import maildir
-from tmail.address import AddressError, parse_domain
+from tmail.address import AddressError, domain_of, parse_domain
 from tmail.config import Config, HostPort
 from tmail.quota import parse_quota
 from tmail.users import UserStore
@@ -174,7 +174,7 @@ class SmtpTransport:
         self._tls.verify_mode = ssl.CERT_NONE
 
     def send(self, message: Outgoing) -> list[RecipientResult]:
-        domain = message.recipients[0].rpartition("@")[2].lower()
+        domain = domain_of(message.recipients[0])
         try:
             hosts = destination(domain, self._config, self._resolver).hosts
         except RoutingError as exc:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tmail import fsutil
+from tmail.address import domain_of
 from tmail.faults import fault_point
 from tmail.message import extract_message_id
 from tmail.queue.errors import EnvelopeError, QueueWriteError
@@ -52,10 +53,6 @@ class Envelope:
     rcpt_to: Sequence[str]
     auth_user: str = ""
     client_addr: str = ""
-
-
-def host_of(address: str) -> str:
-    return address.rpartition("@")[2].lower()
 
 
 def check_envelope(envelope: Envelope) -> None:
@@ -184,7 +181,7 @@ class Enqueuer:
                 auth_user=envelope.auth_user,
                 rcpt_to=rcpt,
                 message_id=message_id,
-                host=host_of(rcpt),
+                host=domain_of(rcpt),
                 added_at=moment,
                 next_delivery_at=moment,
                 status=Status.SCHEDULED,
