@@ -24,11 +24,11 @@ from queue_runner.results import RecipientResult, failure
 from queue_runner.schedule import Schedule
 from queue_runner.transports import MaildirTransport, Outgoing, SmtpTransport, Transport
 from tmail.config import Config
-from tmail.dsn import printable
 from tmail.metrics import DELIVERIES, Counters
 from tmail.queue import Claim, LockedRecord, QueueStore, Record, RecordError, Status, notify
 from tmail.queue.notify import Hint
 from tmail.queue.record import now
+from tmail.text import printable
 from tmail.users import UserStore
 
 log = logging.getLogger("queue_runner")

@@ -15,9 +15,9 @@ import logging
 
 from aiosmtpd.smtp import SMTP
 
-from smtp_receiver.checks import printable
 from smtp_receiver.limits import AuthFailures
 from smtp_receiver.state import SessionState
+from tmail.text import printable
 from tmail.users import UserStore
 
 log = logging.getLogger("smtp_receiver")

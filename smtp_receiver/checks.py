@@ -49,9 +49,3 @@ def parse_address(text: str, *, smtputf8: bool, sender: bool) -> Address | str:
         return replies[0] if sender else replies[1]
 
 
-def printable(text: str) -> str:
-    """``text`` safe for one log line: control characters and undecodable bytes escaped."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROLS)
-
-
-_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]}

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from smtp_receiver.auth import Authenticator
-from smtp_receiver.checks import parse_address, printable, valid_helo
+from smtp_receiver.checks import parse_address, valid_helo
 from smtp_receiver.committer import GroupCommitter
 from smtp_receiver.data import Framer, HeaderBlock, MessageWriter, receive
 from smtp_receiver.limits import AuthFailures
@@ -27,6 +27,7 @@ from tmail.message import format_date, new_message_id
 from tmail.metrics import SMTP_MESSAGES, Counters
 from tmail.queue import Envelope as QueueEnvelope
 from tmail.queue import QueueStore
+from tmail.text import printable
 from tmail.users import UserStore
 
 log = logging.getLogger("smtp_receiver")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email.utils
 
+from tmail.text import printable
+
 
 def protocol(extended: bool, tls: bool, authenticated: bool) -> str:
     if not extended:
@@ -15,14 +17,10 @@ def received_header(*, helo: str, client_ip: str, hostname: str, with_protocol: 
                     rcpt: str | None) -> str:
     """The header's value, folded like Postfix's. The values were checked at HELO and RCPT;
     still, nothing from the client may ever add a line to a header we write."""
-    helo, client_ip = _one_line(helo), _one_line(client_ip)
-    rcpt = _one_line(rcpt) if rcpt else None
+    helo, client_ip = printable(helo), printable(client_ip)
+    rcpt = printable(rcpt) if rcpt else None
     value = (f"from {helo or 'unknown'} ([{client_ip}])\r\n"
              f"\tby {hostname} (tmail) with {with_protocol}")
     if rcpt:
         value += f"\r\n\tfor <{rcpt}>"
     return value + f"; {email.utils.formatdate(localtime=True)}"
-
-
-def _one_line(text: str) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in text)

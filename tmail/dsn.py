@@ -21,6 +21,7 @@ from email.mime.text import MIMEText
 from email.policy import SMTP, SMTPUTF8
 
 from tmail.message import split_headers
+from tmail.text import printable
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,7 @@ class RecipientStatus:
     original_rcpt: str = ""  # the ORCPT the client gave, if any (RFC 3461)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-
-
-def printable(text: str) -> str:
-    """``text`` with every control character (CR and LF included) shown as ``?``, as Postfix
-    logs untrusted text: nothing from outside can start a line of its own in a log or a
-    header we write."""
-    return _CONTROL.sub("?", text)
 
 
 def text_lines(text: str) -> list[str]:
