@@ -21,6 +21,9 @@ from tmail.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The session's private PostgreSQL server: the ``postgres`` fixture (tests/postgres.py).
+pytest_plugins = ("tests.postgres",)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
