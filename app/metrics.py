@@ -6,6 +6,10 @@ not make every worker walk a queue of 100,000 records each time, and a gauge a f
 old is what Prometheus expects anyway. The counters are those every process keeps in the data
 dir (:mod:`tmail.metrics`), read at each scrape. Credentials are those of the API unless
 ``TMAIL_METRICS_PUBLIC`` is true (a scraper on a private network).
+
+Every metric carries a ``node`` label (``TMAIL_NODE``): the queue and the counters are those
+of this node's data dir, and with several nodes behind one MX the sums per node and the
+total are then one query away, whatever each scraper's ``instance`` label says.
 """
 
 from __future__ import annotations
@@ -63,30 +67,34 @@ class TmailCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         summary = self.figures.get()
+        node = self.tmail.config.node
         records = GaugeMetricFamily("tmail_queue_records", "Queue records by status.",
-                                    labels=["status"])
+                                    labels=["node", "status"])
         for status in Status:
-            records.add_metric([status.name.lower()], summary.by_status[int(status)])
+            records.add_metric([node, status.name.lower()], summary.by_status[int(status)])
         yield records
         domains = GaugeMetricFamily(
             "tmail_queue_records_by_domain",
             f"Queue records by destination domain (the {TOP_DOMAINS} biggest domains).",
-            labels=["domain"],
+            labels=["node", "domain"],
         )
         for host, counts in summary.domains(TOP_DOMAINS):
-            domains.add_metric([host], sum(counts))
+            domains.add_metric([node, host], sum(counts))
         yield domains
-        yield GaugeMetricFamily("tmail_queue_oldest_age_seconds",
-                                "Age of the oldest queue record (0 when the queue is empty).",
-                                value=summary.oldest_age)
-        yield from _counter_families(self.tmail.counters)
+        oldest = GaugeMetricFamily("tmail_queue_oldest_age_seconds",
+                                   "Age of the oldest queue record (0 when the queue is empty).",
+                                   labels=["node"])
+        oldest.add_metric([node], summary.oldest_age)
+        yield oldest
+        yield from _counter_families(self.tmail.counters, node)
 
 
-def _counter_families(counters: Counters) -> Iterator[Metric]:
-    families = {spec.name: CounterMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+def _counter_families(counters: Counters, node: str) -> Iterator[Metric]:
+    families = {spec.name: CounterMetricFamily(spec.name, spec.help,
+                                               labels=["node", *spec.labels])
                 for spec in COUNTERS}
     for spec, label_values, value in counters.read():
-        families[spec.name].add_metric(label_values, value)
+        families[spec.name].add_metric([node, *label_values], value)
     yield from families.values()
 
 

@@ -139,6 +139,8 @@ class QueueRecordSchema(Schema):
     LastError = fields.String()
     LastAttemptAt = fields.String()
     DelayWarned = fields.Boolean()
+    Node = fields.String(metadata={"description": "the node (TMAIL_NODE) that queued it "
+                                   "(absent from records written before nodes)"})
 
 
 class BulkResultSchema(Schema):

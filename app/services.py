@@ -26,7 +26,7 @@ class Services:
 
     @classmethod
     def build(cls, config: Config) -> Services:
-        queue = QueueStore(config.queue_dir, id_block=16)
+        queue = QueueStore(config.queue_dir, id_block=16, node=config.node)
         counters = Counters(config.metrics_db)
         return cls(
             config=config,

@@ -70,7 +70,7 @@ class Runner:
         from queue_runner.routing import DnsResolver
 
         users = open_store(config)
-        store = QueueStore(config.queue_dir, id_block=16)
+        store = QueueStore(config.queue_dir, id_block=16, node=config.node)
         return cls(config, store, users, smtp or SmtpTransport(config, DnsResolver()),
                    partition=partition)
 

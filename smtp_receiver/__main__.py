@@ -31,7 +31,7 @@ log = logging.getLogger("smtp_receiver")
 
 
 async def run(config: tmail_config.Config) -> None:
-    store = QueueStore(config.queue_dir, id_block=64)
+    store = QueueStore(config.queue_dir, id_block=64, node=config.node)
     committer = GroupCommitter(store)
     users = open_store(config)
     handler = ReceiverHandler(config, users, store, committer)

@@ -1,10 +1,11 @@
 """A private Dovecot (own config, own base_dir, one loopback port) running the shipped
 ``contrib/dovecot`` files, for tests/test_dovecot.py.
 
-Only what cannot be the same as on a server is changed in the shipped files: the path of
-tmail's ``users.db``, the path of the SQL file, and the mail user (the test's unprivileged
-user instead of ``tmail``). Everything else (queries, scheme, quota plugin) is used as is,
-so the tests prove the files an admin installs.
+Only what cannot be the same as on a server is changed in the shipped files: the ``connect``
+line (the path of tmail's ``users.db``, or the test PostgreSQL's database and role), the path
+of the SQL file, and the mail user (the test's unprivileged user instead of ``tmail``).
+Everything else (queries, scheme, quota plugin) is used as is, so the tests prove the files
+an admin installs.
 """
 
 from __future__ import annotations
@@ -32,8 +33,13 @@ DRIVERS = [Path(f"/usr/lib/dovecot/modules/libdriver_{name}.so") for name in ("s
 # needs no account of its own (on a server this is the user tmail runs as).
 MAIL_USER, MAIL_GROUP = "nobody", "nogroup"
 SHIPPED_SQL_PATH = "/etc/dovecot/dovecot-sql.conf.ext"
-SHIPPED_DB_PATH = "/var/lib/tmail/users.db"
 SHIPPED_MAIL_USER = "'tmail'"
+# The shipped SQL file of each engine, and its connect line as shipped.
+SQL_FILES = {
+    "sqlite": ("dovecot-sql.conf.ext", "connect = /var/lib/tmail/users.db"),
+    "pgsql": ("dovecot-pgsql.conf.ext",
+              "connect = host=localhost dbname=tmail user=dovecot password=CHANGE-ME"),
+}
 
 
 def ensure_dovecot() -> None:
@@ -135,10 +141,14 @@ class Dovecot:
             return "(no Dovecot log)"
 
 
-def write_config(conf_dir: Path, runtime_dir: Path, users_db: Path, port: int) -> Path:
-    """The private ``dovecot.conf`` that includes the (substituted) shipped files."""
-    sql = (CONTRIB / "dovecot-sql.conf.ext").read_text()
-    sql = substitute(sql, f"connect = {SHIPPED_DB_PATH}", f"connect = {users_db}", 1)
+def write_config(conf_dir: Path, runtime_dir: Path, driver: str, connect: str,
+                 port: int) -> Path:
+    """The private ``dovecot.conf`` that includes the (substituted) shipped files: those of
+    ``driver`` (``sqlite`` or ``pgsql``), connected with ``connect`` (a path, or a libpq
+    connection string)."""
+    shipped, shipped_connect = SQL_FILES[driver]
+    sql = (CONTRIB / shipped).read_text()
+    sql = substitute(sql, shipped_connect, f"connect = {connect}", 1)
     sql = substitute(sql, f"{SHIPPED_MAIL_USER} AS uid", f"'{MAIL_USER}' AS uid", 1)
     sql = substitute(sql, f"{SHIPPED_MAIL_USER} AS gid", f"'{MAIL_GROUP}' AS gid", 1)
     (conf_dir / "dovecot-sql.conf.ext").write_text(sql)
@@ -184,7 +194,7 @@ service imap-login {{
     return conf
 
 
-def start_dovecot(conf_dir: Path, runtime_dir: Path, users_db: Path) -> Dovecot:
+def start_dovecot(conf_dir: Path, runtime_dir: Path, driver: str, connect: str) -> Dovecot:
     """Start ``dovecot -F`` in its own process group and wait for the IMAP greeting.
 
     ``runtime_dir`` must be reachable by the unprivileged processes (mail user, dovecot,
@@ -194,7 +204,7 @@ def start_dovecot(conf_dir: Path, runtime_dir: Path, users_db: Path) -> Dovecot:
     for sub in ("run", "state"):
         (runtime_dir / sub).mkdir(exist_ok=True)
     port = free_port()
-    conf = write_config(conf_dir, runtime_dir, users_db, port)
+    conf = write_config(conf_dir, runtime_dir, driver, connect, port)
     with open(conf_dir / "dovecot.stdout", "wb") as out:
         process = subprocess.Popen([str(DOVECOT), "-F", "-c", str(conf)], stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)

@@ -152,10 +152,11 @@ class PostgresServer:
         return (f"postgresql+psycopg://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}"
                 f"/{dbname}")
 
-    def libpq(self, dbname: str) -> str:
-        """The same database as a libpq connection string (psycopg, Dovecot's ``connect``)."""
-        return (f"host=127.0.0.1 port={self.port} dbname={dbname} user={SUPERUSER} "
-                f"password={self.password}")
+    def libpq(self, dbname: str, user: str = SUPERUSER, password: str | None = None) -> str:
+        """The same database as a libpq connection string (psycopg, Dovecot's ``connect``),
+        for the superuser or for ``user`` with ``password``."""
+        return (f"host=127.0.0.1 port={self.port} dbname={dbname} user={user} "
+                f"password={self.password if password is None else password}")
 
     def create_database(self) -> str:
         """A new, empty database; its name. Fresh for each test: nothing leaks between them."""

@@ -1,9 +1,11 @@
 """Dovecot serves tmail's users and Maildirs over IMAP with the shipped contrib/dovecot files.
 
 One real gunicorn (the users API) and one private Dovecot (see tests/dovecot_helper.py) share
-a ``users.db`` and a mailboxes tree for the whole module: what the API writes must be what
-Dovecot reads at once (no cache, no sync step), and what the queue runner delivers must be
-what an IMAP client fetches.
+a database and a mailboxes tree for the whole module, once per engine: tmail's ``users.db``
+read with ``dovecot-sql.conf.ext`` (dovecot-sqlite), and the tests' PostgreSQL read with
+``dovecot-pgsql.conf.ext`` (dovecot-pgsql) through a role that may only read the users table.
+What the API writes must be what Dovecot reads at once (no cache, no sync step), and what the
+queue runner delivers must be what an IMAP client fetches.
 """
 
 from __future__ import annotations
@@ -13,25 +15,29 @@ import pwd
 import re
 import secrets
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
+import sqlalchemy
 
 from queue_runner.delivery import Runner
 from tests.conftest import ApiServer, start_api, stop
 from tests.dovecot_helper import (
+    CONTRIB,
     MAIL_USER,
+    SQL_FILES,
     Dovecot,
     ensure_dovecot,
     give_to_mail_user,
     start_dovecot,
     stop_dovecot,
 )
+from tests.postgres import PostgresServer
 from tmail.queue import QueueStore
 
 DOMAIN = "dovecot.test"
@@ -46,10 +52,22 @@ class Stack:
     mailboxes: Path
 
 
+def dovecot_reader(postgres: PostgresServer, dbname: str) -> str:
+    """A role that may read tmail's users table and nothing else, as README.md tells an admin
+    to make for Dovecot; its libpq connection string."""
+    role, password = f"dovecot_{secrets.token_hex(4)}", secrets.token_hex(12)
+    with psycopg.connect(postgres.libpq(dbname), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        conn.execute(f"GRANT SELECT ON users TO {role}")
+    return postgres.libpq(dbname, user=role, password=password)
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The API and Dovecot on one users.db; the mailboxes live where the mail user can reach
-    them (pytest's tmp dirs are private to root)."""
+def stack(engine: str, request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The API and Dovecot on one database (``users.db``, or one of the session's PostgreSQL);
+    the mailboxes live where the mail user can reach them (pytest's tmp dirs are private to
+    root)."""
     ensure_dovecot()
     if os.geteuid() != 0:
         pytest.skip("Dovecot's privilege separation and the mail user's Maildirs need root")
@@ -61,9 +79,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         mailboxes = runtime / "mailboxes"
         mailboxes.mkdir()
         give_to_mail_user(mailboxes)
-        api = start_api(data_dir, TMAIL_MAILBOXES_DIR=str(mailboxes))
-        cleanup.callback(stop, api.process)
-        dovecot = start_dovecot(data_dir, runtime, api.config.users_db)
+        if engine == "sqlite":
+            api = start_api(data_dir, TMAIL_MAILBOXES_DIR=str(mailboxes))
+            cleanup.callback(stop, api.process)
+            driver, connect = "sqlite", str(api.config.users_db)
+        else:
+            postgres = request.getfixturevalue("postgres")
+            dbname = postgres.create_database()
+            api = start_api(data_dir, TMAIL_MAILBOXES_DIR=str(mailboxes),
+                            TMAIL_DATABASE_URL=postgres.url(dbname))
+            cleanup.callback(stop, api.process)
+            driver, connect = "pgsql", dovecot_reader(postgres, dbname)  # after the migration
+        dovecot = start_dovecot(data_dir, runtime, driver, connect)
         cleanup.callback(stop_dovecot, dovecot)
         yield Stack(api, dovecot, mailboxes)
 
@@ -130,8 +157,13 @@ def test_inactive_user_is_refused(stack: Stack) -> None:
     """The API has no way to deactivate a user, so the column is set as an operator would."""
     login = new_login()
     create(stack, login)
-    with closing(sqlite3.connect(stack.api.config.users_db, timeout=10)) as conn, conn:
-        conn.execute("UPDATE users SET active = 'N' WHERE login = ?", (login,))
+    engine = sqlalchemy.create_engine(stack.api.config.database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("UPDATE users SET active = 'N' WHERE login = :login"),
+                         {"login": login})
+    finally:
+        engine.dispose()
     assert not stack.dovecot.can_log_in(login, PASSWORD)
 
 
@@ -221,3 +253,24 @@ def test_mailbox_quota_reaches_dovecot(
         user["Home"], "maildir:~/Maildir", "maildir:User quota")
     assert fields["uid"] == str(pwd.getpwnam(MAIL_USER).pw_uid)
     assert storage_limit_kib(stack.dovecot, login) == limit_kib
+
+
+def shipped_settings(name: str) -> dict[str, str]:
+    """The ``key = value`` settings of a shipped SQL file (continuation lines joined)."""
+    settings = {}
+    for line in (CONTRIB / name).read_text().replace("\\\n", " ").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = " ".join(value.split())
+    return settings
+
+
+def test_both_engines_ship_the_same_queries() -> None:
+    """One set of queries, so that the SQLite and PostgreSQL files cannot drift apart: only
+    the driver and the connection differ."""
+    sqlite, pgsql = (shipped_settings(name) for name, _ in SQL_FILES.values())
+    assert (sqlite.pop("driver"), pgsql.pop("driver")) == ("sqlite", "pgsql")
+    assert sqlite.pop("connect") != pgsql.pop("connect")
+    assert sqlite == pgsql
+    assert set(sqlite) == {"default_pass_scheme", "password_query", "user_query",
+                           "iterate_query"}

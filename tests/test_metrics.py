@@ -28,9 +28,13 @@ def samples(api: ApiServer, **request: object) -> dict[tuple[str, frozenset[tupl
     response = api.session.get(api.url("/metrics"), timeout=30, **request)  # type: ignore[arg-type]
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/plain")
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples}
+    found = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            assert labels.pop("node") == api.config.node, sample  # every metric names its node
+            found[(sample.name, frozenset(labels.items()))] = sample.value
+    return found
 
 
 def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,17 @@ from tmail import workers
 T = TypeVar("T")
 
 DEFAULT_ADMIN_PASSWORD = "admin"
+
+# A node name goes into queue records, metric labels and file names: ASCII letters, digits
+# and ``. _ -``, starting with a letter or digit (so never ``..`` or an option), at most 63
+# characters (one DNS label), like a short host name.
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def default_node() -> str:
+    """The node's name when ``TMAIL_NODE`` is unset: the host name, as Postfix's
+    ``myhostname`` starts from (``socket.gethostname``: usually the short name)."""
+    return socket.gethostname()
 
 
 class ConfigError(ValueError):
@@ -59,6 +71,7 @@ class Config:
     tls_key: Path | None = None
     default_quota: str = "1G"
     hostname: str = field(default_factory=socket.getfqdn)
+    node: str = field(default_factory=default_node)
     smtp_bind: HostPort = HostPort("127.0.0.1", 2525)
     smtp_auth_require_tls: bool = True
     smtp_processes: int = field(default_factory=workers.default_count)
@@ -221,6 +234,13 @@ def parse_positive_seconds(raw: str) -> float:
     return value
 
 
+def parse_node(raw: str) -> str:
+    if not _NODE_NAME.fullmatch(raw):
+        raise ValueError("a node name is 1 to 63 ASCII letters, digits, '.', '_' or '-', "
+                         "starting with a letter or a digit")
+    return raw
+
+
 def parse_quota(raw: str) -> str:
     from tmail.quota import parse_quota as parse  # the one quota grammar
 
@@ -266,6 +286,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TMAIL_TLS_KEY": ("tls_key", lambda raw: Path(raw).resolve() if raw else None),
     "TMAIL_DEFAULT_QUOTA": ("default_quota", parse_quota),
     "TMAIL_HOSTNAME": ("hostname", str),
+    "TMAIL_NODE": ("node", parse_node),
     "TMAIL_SMTP_BIND": ("smtp_bind", parse_host_port),
     "TMAIL_SMTP_AUTH_REQUIRE_TLS": ("smtp_auth_require_tls", parse_bool),
     "TMAIL_SMTP_PROCESSES": ("smtp_processes", parse_positive_int),
@@ -322,6 +343,12 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         except ValueError as exc:
             shown = "(value not shown)" if name in _SECRET_VALUES else repr(raw)
             raise ConfigError(f"{name}={shown}: {exc}") from None
+    if "node" not in values:
+        try:
+            values["node"] = parse_node(default_node())
+        except ValueError as exc:
+            raise ConfigError(f"TMAIL_NODE is unset and the host name {default_node()!r} "
+                              f"cannot be a node name: set TMAIL_NODE ({exc})") from None
     config = Config(**values)  # type: ignore[arg-type]
     _check_consistency(config)
     return config

@@ -16,7 +16,7 @@ from tmail.queue.summary import format_table, summarize
 
 def _ops(args: argparse.Namespace) -> QueueOps:
     config = args.config
-    return QueueOps(QueueStore(config.queue_dir, id_block=1), config.hostname)
+    return QueueOps(QueueStore(config.queue_dir, id_block=1, node=config.node), config.hostname)
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:

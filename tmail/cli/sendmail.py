@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     config = args.config
     raw = sys.stdin.buffer.read()
     try:
-        submit(QueueStore(config.queue_dir), raw, recipients=args.recipients,
+        submit(QueueStore(config.queue_dir, node=config.node), raw, recipients=args.recipients,
                sender=args.sender, from_headers=args.from_headers, hostname=config.hostname,
                caller_uid=args.caller.uid, caller_login=args.caller.login)
     except SendmailError as exc:

@@ -98,12 +98,14 @@ class _Staged:
 
 
 class Enqueuer:
-    """The enqueue path of one store (its layout, its id allocator, its known directories)."""
+    """The enqueue path of one store (its layout, its id allocator, its known directories,
+    and the name of the node whose queue it is, which every new record carries)."""
 
     def __init__(self, layout: QueueLayout, ids: IdAllocator,
                  ensure_dir: Callable[[Path], None],
-                 notify: Callable[[list[Record]], None]) -> None:
+                 notify: Callable[[list[Record]], None], node: str) -> None:
         self.layout = layout
+        self.node = node
         self._ids = ids
         self._ensure_dir = ensure_dir
         self._notify = notify
@@ -187,6 +189,7 @@ class Enqueuer:
                 status=Status.SCHEDULED,
                 size=raw.size,
                 client_addr=envelope.client_addr,
+                node=self.node,
             )
             for rcpt in envelope.rcpt_to
         ]

@@ -46,7 +46,8 @@ class RecordError(ValueError):
 _REQUIRED = {"Id": int, "Uuid": str, "Key": str, "MailFrom": str, "RcptTo": str, "Host": str,
              "AddedAt": str, "NextDeliveryScheduledAt": str, "Status": int}
 _OPTIONAL = {"AuthUser": str, "MessageId": str, "DeliveryFailedCount": int, "Size": int,
-             "ClientAddr": str, "LastError": str, "LastAttemptAt": str, "DelayWarned": bool}
+             "ClientAddr": str, "LastError": str, "LastAttemptAt": str, "DelayWarned": bool,
+             "Node": str}
 _TIMES = ("AddedAt", "NextDeliveryScheduledAt", "LastAttemptAt")
 _STATUSES = frozenset(int(status) for status in Status)
 
@@ -104,6 +105,7 @@ class Record:
     last_error: str = ""
     last_attempt_at: datetime | None = None
     delay_warned: bool = False
+    node: str = ""  # the TMAIL_NODE that accepted the message; "" in records before nodes
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -124,6 +126,7 @@ class Record:
             "LastError": self.last_error,
             "LastAttemptAt": format_time(self.last_attempt_at),
             "DelayWarned": self.delay_warned,
+            "Node": self.node,
         }
 
     def to_bytes(self) -> bytes:
@@ -151,6 +154,7 @@ class Record:
             last_error=data.get("LastError", ""),
             last_attempt_at=parse_time(data.get("LastAttemptAt", "")),
             delay_warned=data.get("DelayWarned", False),
+            node=data.get("Node", ""),
         )
 
     @classmethod

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tmail import fsutil
+from tmail.config import default_node
 from tmail.queue import locks, notify
 from tmail.queue.changes import Batch, LockedRecord
 from tmail.queue.claims import Claim, claim_candidates, shown_status
@@ -57,7 +58,8 @@ class QuarantinedRecord:
 class QueueStore:
     """Files plus JSON metadata in a hashed tree; safe for many processes and threads."""
 
-    def __init__(self, root: Path, *, id_block: int = 1) -> None:
+    def __init__(self, root: Path, *, id_block: int = 1, node: str | None = None) -> None:
+        """``node``: the ``TMAIL_NODE`` new records carry (default: the host name's)."""
         self.layout = QueueLayout(root)
         for directory in self.layout.directories():
             fsutil.makedirs(directory)
@@ -66,7 +68,8 @@ class QueueStore:
         self._dir_mutex = threading.Lock()
         self._known_dirs: set[Path] = set()
         self._scan = Scanner(self.layout)
-        self._enqueuer = Enqueuer(self.layout, self._ids, self._ensure_dir, self._notify)
+        self._enqueuer = Enqueuer(self.layout, self._ids, self._ensure_dir, self._notify,
+                                  default_node() if node is None else node)
 
     def _create_message_dirs(self) -> None:
         """Create the 4,096 ``messages/`` leaves once; the last one created marks completion."""
