@@ -46,7 +46,10 @@ class RecordError(ValueError):
 _REQUIRED = {"Id": int, "Uuid": str, "Key": str, "MailFrom": str, "RcptTo": str, "Host": str,
              "AddedAt": str, "NextDeliveryScheduledAt": str, "Status": int}
 _OPTIONAL = {"AuthUser": str, "MessageId": str, "DeliveryFailedCount": int, "Size": int,
-             "ClientAddr": str, "LastError": str, "LastAttemptAt": str, "DelayWarned": bool}
+             "ClientAddr": str, "LastError": str, "LastAttemptAt": str, "DelayWarned": bool,
+             "OrigRcpt": str, "Transport": str, "Pipe": str}
+# Transports a record may name; without "Transport" it is derived (local or remote domain).
+TRANSPORTS = frozenset({"pipe"})
 _TIMES = ("AddedAt", "NextDeliveryScheduledAt", "LastAttemptAt")
 _STATUSES = frozenset(int(status) for status in Status)
 
@@ -77,9 +80,18 @@ def parse_record(data: bytes, record_id: int | None = None) -> dict[str, Any]:
             parse_time(parsed.get(key, ""))
     except ValueError as exc:
         raise RecordError(f"not a queue record: {key}: {exc}") from exc
+    _check_transport(parsed)
     if record_id is not None and parsed["Id"] != record_id:
         raise RecordError(f"file {record_id}.json holds Id {parsed['Id']}")
     return parsed
+
+
+def _check_transport(parsed: dict[str, Any]) -> None:
+    """A record names its transport only for a pipe target, and then carries its command."""
+    if "Transport" in parsed and parsed["Transport"] not in TRANSPORTS:
+        raise RecordError(f"not a queue record: unknown Transport {parsed['Transport']!r}")
+    if ("Transport" in parsed) != bool(parsed.get("Pipe")):
+        raise RecordError('not a queue record: Pipe goes with Transport "pipe", and only then')
 
 
 @dataclass(frozen=True)
@@ -104,9 +116,14 @@ class Record:
     last_error: str = ""
     last_attempt_at: datetime | None = None
     delay_warned: bool = False
+    # alias expansion (written at enqueue): the address the client gave, and a pipe target's
+    # transport ("pipe") and command; "" when absent (the transport is then derived)
+    orig_rcpt: str = ""
+    transport: str = ""
+    pipe: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "Id": self.id,
             "Uuid": self.uuid,
             "Key": self.key,
@@ -125,6 +142,12 @@ class Record:
             "LastAttemptAt": format_time(self.last_attempt_at),
             "DelayWarned": self.delay_warned,
         }
+        if self.orig_rcpt:
+            data["OrigRcpt"] = self.orig_rcpt
+        if self.transport:
+            data["Transport"] = self.transport
+            data["Pipe"] = self.pipe
+        return data
 
     def to_bytes(self) -> bytes:
         """The on-disk form: one JSON object and a newline, readable with ``cat`` and ``jq``."""
@@ -151,6 +174,9 @@ class Record:
             last_error=data.get("LastError", ""),
             last_attempt_at=parse_time(data.get("LastAttemptAt", "")),
             delay_warned=data.get("DelayWarned", False),
+            orig_rcpt=data.get("OrigRcpt", ""),
+            transport=data.get("Transport", ""),
+            pipe=data.get("Pipe", ""),
         )
 
     @classmethod
