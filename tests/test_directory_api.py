@@ -12,6 +12,12 @@ from tests.conftest import ApiServer
 JSON = "application/json; charset=UTF-8"
 
 
+@pytest.fixture
+def api(engine_api: ApiServer) -> ApiServer:
+    """Every test here runs on SQLite and on PostgreSQL (the tables live on both)."""
+    return engine_api
+
+
 def new_domain() -> str:
     return f"d{secrets.token_hex(4)}.test"
 
