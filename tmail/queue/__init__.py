@@ -2,7 +2,7 @@
 
 from tmail.queue.changes import LockedRecord
 from tmail.queue.claims import Claim
-from tmail.queue.enqueue import Envelope
+from tmail.queue.enqueue import Envelope, Target
 from tmail.queue.errors import EnvelopeError, QueueWriteError
 from tmail.queue.filters import RecordFilter
 from tmail.queue.record import Record, RecordError, Status
@@ -21,4 +21,5 @@ __all__ = [
     "RecordFilter",
     "Spool",
     "Status",
+    "Target",
 ]

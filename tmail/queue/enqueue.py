@@ -41,6 +41,19 @@ Outcome = list[Record] | Exception
 
 
 @dataclass(frozen=True)
+class Target:
+    """A final recipient with what alias expansion knows of it: ``orig_rcpt`` the address
+    the client gave, ``pipe`` a command to deliver to (its record's Transport is "pipe"),
+    ``mail_from`` a mini-list's address, the record's sender instead of the envelope's (so
+    that bounces go to the list, not back to each member)."""
+
+    rcpt_to: str
+    orig_rcpt: str = ""
+    pipe: str = ""
+    mail_from: str | None = None
+
+
+@dataclass(frozen=True)
 class Envelope:
     """What the SMTP receiver (or ``sendmail``) hands to ``QueueStore.enqueue_many``.
 
@@ -50,9 +63,13 @@ class Envelope:
 
     raw: bytes | Spool
     mail_from: str
-    rcpt_to: Sequence[str]
+    rcpt_to: Sequence[str | Target]
     auth_user: str = ""
     client_addr: str = ""
+
+    @property
+    def targets(self) -> list[Target]:
+        return [r if isinstance(r, Target) else Target(r) for r in self.rcpt_to]
 
 
 def check_envelope(envelope: Envelope) -> None:
@@ -66,7 +83,9 @@ def check_envelope(envelope: Envelope) -> None:
         raise EnvelopeError("a message needs at least one recipient")
     fields = [("sender", envelope.mail_from), ("authenticated user", envelope.auth_user),
               ("client address", envelope.client_addr)]
-    fields += [("recipient", rcpt) for rcpt in envelope.rcpt_to]
+    for target in envelope.targets:
+        fields += [("recipient", target.rcpt_to), ("original recipient", target.orig_rcpt),
+                   ("pipe command", target.pipe), ("list sender", target.mail_from or "")]
     for name, value in fields:
         _check_text(name, value)
 
@@ -179,19 +198,22 @@ class Enqueuer:
                 id=next(id_iter),
                 uuid=uuid,
                 key=raw.key,
-                mail_from=envelope.mail_from,
+                mail_from=_sender(envelope, target),
                 auth_user=envelope.auth_user,
-                rcpt_to=rcpt,
+                rcpt_to=target.rcpt_to,
                 message_id=message_id,
-                host=domain_of(rcpt),
+                host=domain_of(target.rcpt_to),
                 added_at=moment,
                 next_delivery_at=moment,
                 status=Status.SCHEDULED,
                 size=raw.size,
                 client_addr=envelope.client_addr,
                 node=self.node,
+                orig_rcpt=target.orig_rcpt,
+                transport="pipe" if target.pipe else "",
+                pipe=target.pipe,
             )
-            for rcpt in envelope.rcpt_to
+            for target in envelope.targets
         ]
 
     def _write_records(self, item: _Staged) -> None:
@@ -273,6 +295,14 @@ class Enqueuer:
         paths += [*item.json_tmps, item.raw.path, self.layout.message_raw(item.uuid)]
         for path in paths:
             _remove(path)
+
+
+def _sender(envelope: Envelope, target: Target) -> str:
+    """A mini-list's address for its members; a bounce (null sender) stays one, so that a
+    list never turns it into mail its members' bounces would answer, round and round."""
+    if target.mail_from is None or not envelope.mail_from:
+        return envelope.mail_from
+    return target.mail_from
 
 
 def _remove(path: Path) -> None:

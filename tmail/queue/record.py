@@ -47,7 +47,9 @@ _REQUIRED = {"Id": int, "Uuid": str, "Key": str, "MailFrom": str, "RcptTo": str,
              "AddedAt": str, "NextDeliveryScheduledAt": str, "Status": int}
 _OPTIONAL = {"AuthUser": str, "MessageId": str, "DeliveryFailedCount": int, "Size": int,
              "ClientAddr": str, "LastError": str, "LastAttemptAt": str, "DelayWarned": bool,
-             "Node": str}
+             "Node": str, "OrigRcpt": str, "Transport": str, "Pipe": str}
+# Transports a record may name; without "Transport" it is derived (local or remote domain).
+TRANSPORTS = frozenset({"pipe"})
 _TIMES = ("AddedAt", "NextDeliveryScheduledAt", "LastAttemptAt")
 _STATUSES = frozenset(int(status) for status in Status)
 
@@ -78,9 +80,18 @@ def parse_record(data: bytes, record_id: int | None = None) -> dict[str, Any]:
             parse_time(parsed.get(key, ""))
     except ValueError as exc:
         raise RecordError(f"not a queue record: {key}: {exc}") from exc
+    _check_transport(parsed)
     if record_id is not None and parsed["Id"] != record_id:
         raise RecordError(f"file {record_id}.json holds Id {parsed['Id']}")
     return parsed
+
+
+def _check_transport(parsed: dict[str, Any]) -> None:
+    """A record names its transport only for a pipe target, and then carries its command."""
+    if "Transport" in parsed and parsed["Transport"] not in TRANSPORTS:
+        raise RecordError(f"not a queue record: unknown Transport {parsed['Transport']!r}")
+    if ("Transport" in parsed) != bool(parsed.get("Pipe")):
+        raise RecordError('not a queue record: Pipe goes with Transport "pipe", and only then')
 
 
 @dataclass(frozen=True)
@@ -106,9 +117,14 @@ class Record:
     last_attempt_at: datetime | None = None
     delay_warned: bool = False
     node: str = ""  # the TMAIL_NODE that accepted the message; "" in records before nodes
+    # alias expansion (written at enqueue): the address the client gave, and a pipe target's
+    # transport ("pipe") and command; "" when absent (the transport is then derived)
+    orig_rcpt: str = ""
+    transport: str = ""
+    pipe: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "Id": self.id,
             "Uuid": self.uuid,
             "Key": self.key,
@@ -128,6 +144,12 @@ class Record:
             "DelayWarned": self.delay_warned,
             "Node": self.node,
         }
+        if self.orig_rcpt:
+            data["OrigRcpt"] = self.orig_rcpt
+        if self.transport:
+            data["Transport"] = self.transport
+            data["Pipe"] = self.pipe
+        return data
 
     def to_bytes(self) -> bytes:
         """The on-disk form: one JSON object and a newline, readable with ``cat`` and ``jq``."""
@@ -155,6 +177,9 @@ class Record:
             last_attempt_at=parse_time(data.get("LastAttemptAt", "")),
             delay_warned=data.get("DelayWarned", False),
             node=data.get("Node", ""),
+            orig_rcpt=data.get("OrigRcpt", ""),
+            transport=data.get("Transport", ""),
+            pipe=data.get("Pipe", ""),
         )
 
     @classmethod

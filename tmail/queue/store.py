@@ -36,7 +36,7 @@ from tmail.config import default_node
 from tmail.queue import locks, notify
 from tmail.queue.changes import Batch, LockedRecord
 from tmail.queue.claims import Claim, claim_candidates, shown_status
-from tmail.queue.enqueue import Enqueuer, Envelope
+from tmail.queue.enqueue import Enqueuer, Envelope, Target
 from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
 from tmail.queue.layout import UUID_PATTERN, QueueLayout, valid_id
@@ -87,7 +87,7 @@ class QueueStore:
         self,
         raw: bytes | Spool,
         mail_from: str,
-        rcpt_to: Sequence[str],
+        rcpt_to: Sequence[str | Target],
         *,
         auth_user: str = "",
         client_addr: str = "",
