@@ -25,12 +25,16 @@ from tmail.users import UserStore
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One message to some of its recipients (all in one domain for SMTP)."""
+    """One message to some of its recipients (all in one domain for SMTP; all to one
+    command for a pipe), with what route selection and a pipe need to know of it."""
 
     uuid: str
     mail_from: str
     raw: bytes
     recipients: Sequence[str]
+    auth_user: str = ""  # who submitted it (routes may apply to one authenticated user)
+    orig_rcpts: Sequence[str] = ()  # per recipient: the address the client gave, or ""
+    pipe: str = ""  # the command of pipe records
 
 
 class Transport(Protocol):
