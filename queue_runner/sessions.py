@@ -115,13 +115,16 @@ class SessionOpener:
 
     def open(self, hop: Hop) -> Cached:
         relay = str(hop)
-        client = smtplib.SMTP(timeout=self._config.runner_timeout,
-                              local_hostname=self._config.hostname)
         try:
-            code, greeting = client.connect(hop.address.host, hop.address.port)
-            if code != 220:  # 4xx or 5xx: this hop does not talk now; try the next one
-                raise HopFailed(failure(451, f"4.4.0 host {relay} refused to talk to me: "
-                                             f"{code} {_text(greeting)}", relay))
+            # Connecting in the constructor gives STARTTLS the server's name (SNI).
+            client = smtplib.SMTP(hop.address.host, hop.address.port,
+                                  local_hostname=self._config.hostname,
+                                  timeout=self._config.runner_timeout)
+        except smtplib.SMTPConnectError as exc:  # a 4xx or 5xx greeting: try the next hop
+            raise HopFailed(failure(451, f"4.4.0 host {relay} refused to talk to me: "
+                                         f"{exc.smtp_code} {_text(exc.smtp_error)}",
+                                    relay)) from None
+        try:
             _hello(client, relay)
             encrypted = self._starttls(client, hop, relay)
             if hop.route is not None and hop.route.auth_login:
@@ -153,29 +156,42 @@ def _hello(client: smtplib.SMTP, relay: str) -> None:
 
 
 def _authenticate(client: smtplib.SMTP, route: Route, encrypted: bool, relay: str) -> None:
-    """AUTH PLAIN or LOGIN (or CRAM-MD5), whichever the server offers (smtplib's
-    ``login``). The password goes only over TLS, unless the route explicitly says
-    ``starttls: none`` with ``allow_plaintext_auth``; it never appears in a result."""
+    """AUTH PLAIN, else LOGIN, as the server offers them: one attempt per session (a second
+    mechanism would only try the same password again). The password goes only over TLS,
+    unless the route says ``starttls: none`` with ``allow_plaintext_auth``; it never
+    appears in a result."""
     password = route.auth_password or ""
     if not encrypted and not (route.starttls == "none" and route.allow_plaintext_auth):
         raise HopFailed(failure(451, f"4.7.0 will not send AUTH credentials to {relay} "
                                      "without TLS", relay))
-    if not client.has_extn("auth"):
-        raise HopFailed(failure(451, f"4.7.0 host {relay} does not offer AUTH", relay))
+    offered = client.esmtp_features.get("auth", "").upper().split()
+    mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+    if mechanism is None:
+        raise HopFailed(failure(451, f"4.7.0 host {relay} offers no AUTH PLAIN or LOGIN "
+                                     f"(offered: {' '.join(offered) or 'none'})", relay))
     try:
-        client.login(route.auth_login or "", password)
+        client.auth(mechanism, _Credentials(mechanism, route.auth_login or "", password))
     except smtplib.SMTPAuthenticationError as exc:
         said = _text(exc.smtp_error)
         if password:
             said = said.replace(password, "***")  # a server that echoes it back
         raise HopFailed(failure(454, f"4.7.8 SASL authentication failed; server {relay} "
                                      f"said: {exc.smtp_code} {said}", relay)) from None
-    except smtplib.SMTPServerDisconnected:
-        raise
-    except smtplib.SMTPException:  # "No suitable authentication method found"
-        offered = client.esmtp_features.get("auth", "").strip()
-        raise HopFailed(failure(451, f"4.7.0 no AUTH mechanism in common with {relay} "
-                                     f"(offered: {offered})", relay)) from None
+
+
+class _Credentials:
+    """smtplib's ``authobject`` for PLAIN (one response) and LOGIN (the user name, then
+    the password)."""
+
+    def __init__(self, mechanism: str, login: str, password: str) -> None:
+        self._mechanism, self._login, self._password = mechanism, login, password
+        self._answers = 0
+
+    def __call__(self, challenge: bytes | None = None) -> str:
+        self._answers += 1
+        if self._mechanism == "PLAIN":
+            return f"\0{self._login}\0{self._password}"
+        return self._login if self._answers == 1 else self._password
 
 
 def _text(reply: bytes | str) -> str:
