@@ -12,7 +12,7 @@ from tmail import config as tmail_config
 from tmail.metrics import Counters
 from tmail.queue import QueueStore
 from tmail.tls import ensure_certificate
-from tmail.users import UserStore
+from tmail.users import open_store
 
 try:
     _config = tmail_config.load()
@@ -21,8 +21,8 @@ except tmail_config.ConfigError as exc:
     sys.exit(f"tmail: {exc}")
 
 certfile, keyfile = (str(path) for path in ensure_certificate(_config))
-# Create the users database and the queue tree once, before the workers fork.
-UserStore(_config.users_db, _config.mailboxes_dir, _config.default_quota)
+# Migrate the database and create the queue tree once, before the workers fork.
+open_store(_config)
 QueueStore(_config.queue_dir)
 Counters(_config.metrics_db)
 SqliteThrottle(sign_in_db(_config))

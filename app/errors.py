@@ -12,6 +12,7 @@ from flask import Flask, Response, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from tmail.db import DatabaseUnavailable
 from tmail.users import UserError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def describe_validation(messages: object, prefix: str = "") -> list[str]:
 
 
 DRAIN_LIMIT = 16 * 1024 * 1024
+RETRY_AFTER = 5  # seconds, in a 503
 
 
 def _drain_body() -> None:
@@ -85,6 +87,14 @@ def register_error_handlers(app: Flask) -> None:
     def validation_error(exc: ValidationError) -> Response:
         reasons = (reason.rstrip(".") for reason in describe_validation(exc.messages))
         return error_response(422, "invalid input", "; ".join(reasons))
+
+    @app.errorhandler(DatabaseUnavailable)
+    def database_unavailable(exc: DatabaseUnavailable) -> Response:
+        """Temporary by nature (the pool reconnects once the server is back): 503 with a
+        Retry-After, never a 500, so that clients and load balancers retry."""
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return error_response(503, "database unavailable", str(exc),
+                              {"Retry-After": str(RETRY_AFTER)})
 
     @app.errorhandler(UserError)
     def user_error(exc: UserError) -> Response:

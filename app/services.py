@@ -12,7 +12,7 @@ from tmail.config import Config
 from tmail.metrics import Counters
 from tmail.queue import QueueStore
 from tmail.queue.ops import QueueOps
-from tmail.users import UserStore
+from tmail.users import UserStore, open_store
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Services:
         counters = Counters(config.metrics_db)
         return cls(
             config=config,
-            users=UserStore(config.users_db, config.mailboxes_dir, config.default_quota),
+            users=open_store(config),
             queue=queue,
             queue_ops=QueueOps(queue, config.hostname, counters),
             counters=counters,

@@ -191,9 +191,12 @@ def queue_figures(base: Path, small: int, big: int, users: int, idle: float,
 def fill_users(data: Path, count: int) -> None:
     """``count`` users straight into users.db (one bcrypt per user would take minutes and
     is not what GET /users measures); the schema comes from the real store."""
+    from tmail.db import Database
     from tmail.users import UserStore
 
-    store = UserStore(data / "users.db", data / "mailboxes")
+    database = Database(f"sqlite:///{data / 'users.db'}")
+    database.migrate()
+    store = UserStore(database, data / "mailboxes")
     sample = store.create("template@bench.test", "bench-password", have_mailbox=True)
     conn = sqlite3.connect(data / "users.db")
     with conn:

@@ -69,9 +69,12 @@ def tmail(base: Path, *, receiver: bool = True, runner: bool, route_port: int | 
     port = free_port() if receiver else 0
     env = tmail_env(base, smtp_port=port, route_port=route_port)
     if mailbox:
+        from tmail.db import Database
         from tmail.users import UserStore
 
-        UserStore(base / "var" / "users.db", base / "mailboxes").create(
+        database = Database(f"sqlite:///{base / 'var' / 'users.db'}")
+        database.migrate()
+        UserStore(database, base / "mailboxes").create(
             RCPT, "bench-password", have_mailbox=True, mailbox_quota="")
     programs = (["smtp_receiver"] if receiver else []) + (["queue_runner"] if runner else [])
     processes: dict[str, subprocess.Popen[bytes]] = {}

@@ -25,12 +25,13 @@ from queue_runner.results import RecipientResult, failure
 from queue_runner.schedule import Schedule
 from queue_runner.transports import MaildirTransport, Outgoing, SmtpTransport, Transport
 from tmail.config import Config
+from tmail.db import DatabaseUnavailable
 from tmail.metrics import DELIVERIES, Counters
 from tmail.queue import Claim, LockedRecord, QueueStore, Record, RecordError, Status, notify
 from tmail.queue.notify import Hint
 from tmail.queue.record import now
 from tmail.text import printable
-from tmail.users import UserStore
+from tmail.users import UserStore, open_store
 
 log = logging.getLogger("queue_runner")
 
@@ -70,7 +71,7 @@ class Runner:
               partition: tuple[int, int] = (0, 1)) -> Runner:
         from queue_runner.routing import DnsResolver
 
-        users = UserStore(config.users_db, config.mailboxes_dir, config.default_quota)
+        users = open_store(config)
         store = QueueStore(config.queue_dir, id_block=16)
         return cls(config, store, users, smtp or SmtpTransport(config, DnsResolver()),
                    partition=partition)
@@ -219,6 +220,9 @@ class Runner:
             if len(results) != len(started):
                 raise RuntimeError(f"{len(results)} results for {len(started)} recipients")
             return results
+        except DatabaseUnavailable as exc:  # the users' look-up: back when the database is
+            log.warning("%s: deferred: %s", first.uuid, exc)
+            return [failure(451, f"4.3.0 {exc}", relay)] * len(started)
         except Exception as exc:
             log.exception("%s: delivery to %s failed unexpectedly", first.uuid,
                           printable(first.host))

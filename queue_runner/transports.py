@@ -29,6 +29,7 @@ from queue_runner.sessions import (
 from tmail import maildir
 from tmail.address import AddressError, domain_of, parse_domain
 from tmail.config import Config
+from tmail.db import DatabaseUnavailable
 from tmail.quota import parse_quota
 from tmail.users import UserStore
 
@@ -74,7 +75,10 @@ class MaildirTransport:
         return [self._deliver(message, rcpt) for rcpt in message.recipients]
 
     def _deliver(self, message: Outgoing, rcpt: str) -> RecipientResult:
-        user = self._users.find_mailbox(rcpt)
+        try:
+            user = self._users.find_mailbox(rcpt)
+        except DatabaseUnavailable as exc:  # per recipient: the ones delivered stay delivered
+            return failure(451, f"4.3.0 {exc}", "local")
         if user is None:
             return failure(550, "5.1.1 user unknown: no such local mailbox", "local")
         copy = maildir.local_copy(message.raw, message.mail_from, rcpt)

@@ -25,7 +25,7 @@ from tmail import workers
 from tmail.process import start
 from tmail.queue import QueueStore
 from tmail.tls import ensure_certificate
-from tmail.users import UserStore
+from tmail.users import open_store
 
 log = logging.getLogger("smtp_receiver")
 
@@ -33,7 +33,7 @@ log = logging.getLogger("smtp_receiver")
 async def run(config: tmail_config.Config) -> None:
     store = QueueStore(config.queue_dir, id_block=64)
     committer = GroupCommitter(store)
-    users = UserStore(config.users_db, config.mailboxes_dir, config.default_quota)
+    users = open_store(config)
     handler = ReceiverHandler(config, users, store, committer)
     context = tls_context(str(config.tls_cert_path), str(config.tls_key_path))
     server = await serve(config, handler, context)

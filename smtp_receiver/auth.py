@@ -17,6 +17,7 @@ from aiosmtpd.smtp import SMTP
 
 from smtp_receiver.limits import AuthFailures
 from smtp_receiver.state import SessionState
+from tmail.db import DatabaseUnavailable
 from tmail.text import printable
 from tmail.users import UserStore
 
@@ -43,7 +44,12 @@ class Authenticator:
             return "501 5.5.2 Cannot decode response"
         login, password = credentials
         loop = asyncio.get_running_loop()
-        user = await loop.run_in_executor(None, self.users.authenticate, login, password)
+        try:
+            user = await loop.run_in_executor(None, self.users.authenticate, login, password)
+        except DatabaseUnavailable as exc:  # not the client's failure: no delay, not counted
+            log.warning("client=%s: AUTH for %s not checked: %s", state.client_ip,
+                        printable(login), exc)
+            return "451 4.3.0 Temporary authentication failure, try again later"
         if user is not None:
             state.auth_login, state.auth_relay = user.login, user.auth_relay
             return "235 2.7.0 Authentication successful"

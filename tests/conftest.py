@@ -18,8 +18,12 @@ from urllib3.util.retry import Retry
 
 from tmail import config as tmail_config
 from tmail.config import Config
+from tmail.db import Database
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The session's private PostgreSQL server: the ``postgres`` fixture (tests/postgres.py).
+pytest_plugins = ("tests.postgres",)
 
 
 def free_port() -> int:
@@ -123,8 +127,59 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="session")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    """One real gunicorn (2 workers, TLS) for the whole session."""
+def sqlite_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """One real gunicorn (2 workers, TLS) for the whole session, on the default SQLite."""
     server = start_api(tmp_path_factory.mktemp("api"))
+    yield server
+    stop(server.process)
+
+
+@pytest.fixture(scope="session")
+def api(sqlite_api: ApiServer) -> ApiServer:
+    """The session's API (SQLite); tests of the SQL layer use :func:`engine_api`."""
+    return sqlite_api
+
+
+# --- the SQL engines: tests that take ``engine`` (or a fixture built on it) run on each -------
+
+ENGINES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The database engine of a test parametrized over both (``TMAIL_DATABASE_URL``'s)."""
+    return request.param
+
+
+@pytest.fixture
+def database_url(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty database for one test: a file in its tmp dir, or a database created for
+    it on the session's PostgreSQL server (tests/postgres.py)."""
+    if engine == "sqlite":
+        return f"sqlite:///{tmp_path / 'users.db'}"
+    postgres = request.getfixturevalue("postgres")
+    return postgres.url(postgres.create_database())
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """The test's database, migrated; its pool closed after the test."""
+    db = Database(database_url)
+    db.migrate()
+    yield db
+    db.dispose()
+
+
+@pytest.fixture(scope="session")
+def engine_api(engine: str, request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """A real API on ``engine``: the session's SQLite one, or one on a PostgreSQL database
+    of its own (``TMAIL_DATABASE_URL``)."""
+    if engine == "sqlite":
+        yield request.getfixturevalue("sqlite_api")
+        return
+    postgres = request.getfixturevalue("postgres")
+    server = start_api(tmp_path_factory.mktemp("api-pg"),
+                       TMAIL_DATABASE_URL=postgres.url(postgres.create_database()))
     yield server
     stop(server.process)

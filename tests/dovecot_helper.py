@@ -27,7 +27,7 @@ from tests.conftest import REPO, free_port
 
 CONTRIB = REPO / "contrib" / "dovecot"
 DOVECOT = Path("/usr/sbin/dovecot")
-SQLITE_DRIVER = Path("/usr/lib/dovecot/modules/libdriver_sqlite.so")
+DRIVERS = [Path(f"/usr/lib/dovecot/modules/libdriver_{name}.so") for name in ("sqlite", "pgsql")]
 # Dovecot refuses to access mail as root; Debian always has nobody/nogroup, so the test
 # needs no account of its own (on a server this is the user tmail runs as).
 MAIL_USER, MAIL_GROUP = "nobody", "nogroup"
@@ -38,12 +38,13 @@ SHIPPED_MAIL_USER = "'tmail'"
 
 def ensure_dovecot() -> None:
     """Install Dovecot with the project's script when missing; skip only if we cannot."""
-    if DOVECOT.exists() and SQLITE_DRIVER.exists():
+    if DOVECOT.exists() and all(driver.exists() for driver in DRIVERS):
         return
     if os.geteuid() != 0 and not _passwordless_sudo():
-        pytest.skip("dovecot-imapd/dovecot-sqlite missing and neither root nor sudo to install")
-    subprocess.run([REPO / "scripts" / "apt-ensure", "dovecot-imapd", "dovecot-sqlite"],
-                   check=True, timeout=600)
+        pytest.skip("dovecot-imapd/dovecot-sqlite/dovecot-pgsql missing and neither root nor "
+                    "sudo to install")
+    subprocess.run([REPO / "scripts" / "apt-ensure", "dovecot-imapd", "dovecot-sqlite",
+                    "dovecot-pgsql"], check=True, timeout=600)
 
 
 def _passwordless_sudo() -> bool:

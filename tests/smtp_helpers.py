@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import REPO, wait_until
 from tmail import config as tmail_config
 from tmail.queue import QueueStore
-from tmail.users import UserStore
+from tmail.users import open_store
 
 LOCAL = "receiver.test"
 
@@ -76,7 +76,7 @@ def _free_port() -> int:
 
 def add_users(env: dict[str, str]) -> None:
     config = tmail_config.load(env)
-    users = UserStore(config.users_db, config.mailboxes_dir)
+    users = open_store(config)
     for login, relay, catchall in [(f"alice@{LOCAL}", True, False),
                                    (f"bob@{LOCAL}", False, False),
                                    ("any@catchall.test", False, True)]:

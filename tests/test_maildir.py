@@ -20,7 +20,7 @@ from tmail import config as tmail_config
 from tmail.config import Config
 from tmail.queue import QueueStore, Status
 from tmail.queue.record import now
-from tmail.users import UserStore
+from tmail.users import open_store
 
 LOCAL = "local.test"
 _MKDIR = re.compile(r'mkdir(?:at)?\((?:[^,]*, )?"([^"]+)", [0-7]+\)\s+= 0')
@@ -40,7 +40,7 @@ def test_a_first_delivery_makes_every_new_directory_durable(tmp_path: Path) -> N
         pytest.skip("strace is not installed (apt-get install strace)")
     env = tmail_env(tmp_path, TMAIL_LOCAL_DOMAINS=LOCAL)
     config = tmail_config.load(env)
-    user = UserStore(config.users_db, config.mailboxes_dir).create(
+    user = open_store(config).create(
         f"bob@{LOCAL}", "password1", have_mailbox=True)
     QueueStore(config.queue_dir).enqueue(message(), "s@sender.test", [f"bob@{LOCAL}"])
     trace = tmp_path / "strace.txt"
@@ -95,7 +95,7 @@ def test_a_full_mailbox_file_system_defers_and_delivers_once_space_is_back(
 ) -> None:
     env = tmail_env(tmp_path, TMAIL_LOCAL_DOMAINS=LOCAL, TMAIL_MAILBOXES_DIR=str(small_mailboxes))
     config: Config = tmail_config.load(env)
-    user = UserStore(config.users_db, config.mailboxes_dir).create(
+    user = open_store(config).create(
         f"bob@{LOCAL}", "password1", have_mailbox=True, mailbox_quota="")
     store = QueueStore(config.queue_dir)
     [record] = store.enqueue(message(size=200_000), "s@sender.test", [f"bob@{LOCAL}"])

@@ -1,4 +1,5 @@
-"""The users API against the real gunicorn over HTTPS: the seed's contract, then bad input."""
+"""The users API against the real gunicorn over HTTPS, on SQLite and on PostgreSQL: the seed's
+contract, then bad input."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ from tests.conftest import REPO, ApiServer
 JSON = "application/json; charset=UTF-8"
 SEED_KEYS = ["Id", "Login", "Passwd", "DovePasswd", "Active", "AuthRelay", "HaveMailbox",
              "MailboxQuota", "Home", "IsCatchall"]
+
+
+@pytest.fixture
+def api(engine_api: ApiServer) -> ApiServer:
+    """Every test here runs on each engine: SQLite and PostgreSQL (tests/conftest.py)."""
+    return engine_api
 
 
 def new_login(domain: str = "tmail.io") -> str:

@@ -95,6 +95,7 @@ class Config:
     pipe_user: str = "nobody"  # pipe(8)'s user=: who runs the commands of pipe aliases
     pipe_timeout: float = 60.0  # pipe(8)'s command_time_limit
     metrics_public: bool = False
+    database_url: str = ""  # TMAIL_DATABASE_URL; empty: SQLite at <data dir>/users.db
 
     @property
     def queue_dir(self) -> Path:
@@ -103,6 +104,11 @@ class Config:
     @property
     def users_db(self) -> Path:
         return self.data_dir / "users.db"
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy URL of the shared database (users, and the directory tables)."""
+        return self.database_url or f"sqlite:///{self.users_db}"
 
     @property
     def metrics_db(self) -> Path:
@@ -235,6 +241,33 @@ def parse_quota(raw: str) -> str:
     return raw
 
 
+def parse_database_url(raw: str) -> str:
+    """SQLite (``sqlite:////path/users.db``) or PostgreSQL through psycopg 3
+    (``postgresql+psycopg://user:pass@host/db``; plain ``postgresql://`` means the same)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not raw:
+        return ""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ValueError("not a database URL such as postgresql+psycopg://user:pass@host/tmail"
+                         " or sqlite:////var/lib/tmail/users.db") from None
+    if url.drivername in ("sqlite", "sqlite+pysqlite"):
+        if url.database in (None, "", ":memory:"):
+            raise ValueError("SQLite needs a file that every tmail process opens")
+    elif url.drivername in ("postgresql", "postgresql+psycopg"):
+        url = url.set(drivername="postgresql+psycopg")
+    else:
+        raise ValueError(f"{url.drivername}: tmail speaks sqlite:// and "
+                         "postgresql+psycopg:// (psycopg 3)")
+    return url.render_as_string(hide_password=False)
+
+
+# A value that may hold a password is not repeated in the error message.
+_SECRET_VALUES = {"TMAIL_DATABASE_URL"}
+
 # variable name -> (Config field, parser). The README's configuration table mirrors this.
 _SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TMAIL_DATA_DIR": ("data_dir", lambda raw: Path(raw).resolve()),
@@ -281,6 +314,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TMAIL_METRICS_PUBLIC": ("metrics_public", parse_bool),
     "TMAIL_PIPE_USER": ("pipe_user", parse_pipe_user),
     "TMAIL_PIPE_TIMEOUT": ("pipe_timeout", parse_positive_seconds),
+    "TMAIL_DATABASE_URL": ("database_url", parse_database_url),
 }
 
 
@@ -301,7 +335,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         try:
             values[attr] = parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name}={raw!r}: {exc}") from None
+            shown = "(value not shown)" if name in _SECRET_VALUES else repr(raw)
+            raise ConfigError(f"{name}={shown}: {exc}") from None
     config = Config(**values)  # type: ignore[arg-type]
     _check_consistency(config)
     return config

@@ -1,7 +1,8 @@
-"""Users: the SQLite store, password hashing, and the look-ups the receiver and runner need.
+"""Users: the store, password hashing, and the look-ups the receiver and runner need.
 
-One SQLite file in the data dir (WAL mode, so readers never block the writer) is shared by
-the API's gunicorn workers, the SMTP receiver, the runner and, read-only, Dovecot. Passwords
+The users live in the shared database (:mod:`tmail.db`: by default one SQLite file in the
+data dir, or PostgreSQL for several nodes), used by the API's gunicorn workers, the SMTP
+receiver, the runner, the CLI and, read-only, Dovecot. Passwords
 are hashed twice on purpose: ``Passwd`` (bcrypt, checked by tmail) and ``DovePasswd``
 (SHA512-crypt, the scheme Dovecot's ``SHA512-CRYPT`` reads without any plugin).
 
@@ -12,23 +13,35 @@ unique index, and every look-up goes through it. ``login`` keeps the spelling th
 
 from __future__ import annotations
 
-import logging
 import re
-import sqlite3
-import threading
 import unicodedata
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from passlib.context import CryptContext
 from passlib.hash import sha512_crypt
+from sqlalchemy import (
+    Connection,
+    Row,
+    ScalarSelect,
+    Select,
+    delete,
+    false,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
 
-from tmail import sqlite as tmail_sqlite
 from tmail.address import Address, AddressError, domain_of
+from tmail.db import Database, bump_generation, open_database, read_generation
+from tmail.users_table import users
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from tmail.config import Config
+
 
 # bcrypt as tmail writes it: "$2a$10$..."; one context so that schemes can be upgraded later.
 _PASSWORDS = CryptContext(schemes=["bcrypt"], bcrypt__ident="2a", bcrypt__rounds=10)
@@ -106,52 +119,6 @@ def login_key(login: str) -> str:
         return login.lower()
 
 
-def _add_login_key(conn: sqlite3.Connection) -> None:
-    """Migration 2: ``login_key`` under a unique index, computed here (SQLite's ``lower()``
-    knows only ASCII, and the key's domain is the IDNA form).
-
-    Two logins differing only by case could exist before: the oldest gets the key (as the
-    old case-insensitive look-ups found it first); the others keep ``NULL`` and stay
-    reachable by their exact spelling, so that nothing is lost and the admin can delete them.
-    """
-    conn.execute("ALTER TABLE users ADD COLUMN login_key TEXT")
-    seen: set[str] = set()
-    for user_id, login in conn.execute("SELECT id, login FROM users ORDER BY id").fetchall():
-        key = login_key(login)
-        if key in seen:
-            log.warning("users.db: login %r differs only by case from an older one: reachable"
-                        " by its exact spelling only; delete one of them", login)
-            continue
-        seen.add(key)
-        conn.execute("UPDATE users SET login_key = ? WHERE id = ?", (key, user_id))
-    conn.execute("CREATE UNIQUE INDEX users_login_key ON users (login_key)")
-
-
-_MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
-    """
-    CREATE TABLE users (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        login TEXT NOT NULL UNIQUE,
-        passwd TEXT NOT NULL,
-        dove_passwd TEXT NOT NULL,
-        active TEXT NOT NULL DEFAULT 'Y',
-        auth_relay INTEGER NOT NULL DEFAULT 0,
-        have_mailbox INTEGER NOT NULL DEFAULT 0,
-        mailbox_quota TEXT NOT NULL DEFAULT '',
-        home TEXT NOT NULL DEFAULT '',
-        is_catchall INTEGER NOT NULL DEFAULT 0,
-        domain TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX users_domain ON users (domain);
-    CREATE UNIQUE INDEX users_one_catchall ON users (domain) WHERE is_catchall = 1;
-    """,
-    _add_login_key,
-]
-
-# One user by login: the exact spelling first (only legacy rows can differ), else the key.
-_BY_LOGIN = "(login = :login OR login_key = :key)"
-
-
 @dataclass(frozen=True)
 class User:
     id: int
@@ -190,60 +157,25 @@ def home_for(mailboxes_dir: Path, address: Address) -> Path:
 
 
 class UserStore:
-    """Users in SQLite, safe for several threads and processes (one connection per thread)."""
+    """Users in the shared database (:mod:`tmail.db`), safe for threads, processes and nodes.
 
-    def __init__(self, db_path: Path, mailboxes_dir: Path, default_quota: str = "") -> None:
-        self.db_path = db_path
+    Each method is one short transaction; nothing is cached here, so that a user deleted or
+    a password changed through any process or node is effective at the next look-up. A
+    database that cannot be reached raises :class:`~tmail.db.DatabaseUnavailable`.
+    """
+
+    def __init__(self, database: Database, mailboxes_dir: Path, default_quota: str = "") -> None:
+        self.database = database
         self.mailboxes_dir = mailboxes_dir
         self.default_quota = default_quota
-        self._local = threading.local()
-        self._watch_lock = threading.Lock()
-        self._watch: sqlite3.Connection | None = None
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrate()
-
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = tmail_sqlite.connect(self.db_path)
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def _migrate(self) -> None:
-        """Apply the forward migrations this database has not seen (``user_version``)."""
-        with self._transaction() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, migration in enumerate(_MIGRATIONS[version:], start=version + 1):
-                if callable(migration):
-                    migration(conn)
-                else:
-                    for statement in filter(str.strip, migration.split(";")):
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number}")
 
     def generation(self) -> int:
-        """A number that changes whenever any process commits a change to the users.
-
-        SQLite's ``PRAGMA data_version`` moves when *another* connection commits; it is read
-        on a connection of its own that never writes, so this store's commits (from any
-        thread) count as well. Costs one pragma, no query: a receiver may call it per RCPT.
-        """
-        with self._watch_lock:
-            if self._watch is None:
-                self._watch = tmail_sqlite.connect(self.db_path, check_same_thread=False)
-            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+        """A number that moves with every committed change to the users (in any process, on
+        any node): the ``directory`` counter row, bumped in the same transaction as each
+        write. One primary-key read: the receiver calls it per RCPT to know when to re-read
+        its local domains, instead of caching them for a while."""
+        with self.database.connect() as conn:
+            return read_generation(conn)
 
     # --- administration (the API and the CLI) --------------------------------------------
 
@@ -262,54 +194,45 @@ class UserStore:
         domain = address.domain if address else ""
         quota = (mailbox_quota if mailbox_quota is not None else self.default_quota) if (
             have_mailbox) else ""
+        row = {"login": login, "login_key": login_key(login), "passwd": _PASSWORDS.hash(password),
+               "dove_passwd": _DOVECOT.hash(password), "auth_relay": int(auth_relay),
+               "have_mailbox": int(have_mailbox), "mailbox_quota": quota, "home": home,
+               "is_catchall": int(is_catchall), "domain": domain}
         try:
-            with self._transaction() as conn:
-                conn.execute(
-                    "INSERT INTO users (login, login_key, passwd, dove_passwd, auth_relay,"
-                    " have_mailbox, mailbox_quota, home, is_catchall, domain)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (login, login_key(login), _PASSWORDS.hash(password),
-                     _DOVECOT.hash(password), auth_relay, have_mailbox, quota, home,
-                     is_catchall, domain),
-                )
-        except sqlite3.IntegrityError as exc:
-            if "users.domain" in str(exc):
+            with self.database.begin() as conn:
+                [user_id] = conn.execute(insert(users).values(row)).inserted_primary_key
+                bump_generation(conn)
+                created = conn.execute(select(users).where(users.c.id == user_id)).one()
+        except IntegrityError:
+            # Which unique index refused it, asked of the data rather than of each engine's
+            # error text: the login (either spelling) or the domain's one catchall.
+            if is_catchall and self.get(login) is None and self._catchall(domain) is not None:
                 raise CatchallExists(f"domain {domain} already has a catchall") from None
             raise UserExists(_DUPLICATE) from None
-        user = self.get(login)
-        assert user is not None
-        return user
+        return _user(created)
 
     def get(self, login: str) -> User | None:
-        row = self._connection().execute(
-            f"SELECT * FROM users WHERE {_BY_LOGIN} ORDER BY login = :login DESC LIMIT 1",
-            _login_params(login),
-        ).fetchone()
-        return _user(row) if row else None
+        with self.database.connect() as conn:
+            return _one(conn, _by_login(select(users), login))
 
     def list(self) -> list[User]:
-        rows = self._connection().execute("SELECT * FROM users ORDER BY id").fetchall()
-        return [_user(row) for row in rows]
+        with self.database.connect() as conn:
+            return [_user(row) for row in conn.execute(select(users).order_by(users.c.id))]
 
     def set_password(self, login: str, password: str) -> bool:
         passwd, dove_passwd = _PASSWORDS.hash(password), _DOVECOT.hash(password)
-        with self._transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE users SET passwd = :passwd, dove_passwd = :dove_passwd WHERE id = ("
-                f"SELECT id FROM users WHERE {_BY_LOGIN} ORDER BY login = :login DESC LIMIT 1)",
-                {**_login_params(login), "passwd": passwd, "dove_passwd": dove_passwd},
-            )
-        return cursor.rowcount == 1
+        with self.database.begin() as conn:
+            changed = conn.execute(update(users).where(users.c.id == _id_of(login))
+                                   .values(passwd=passwd, dove_passwd=dove_passwd)).rowcount
+            bump_generation(conn)
+        return changed == 1
 
     def delete(self, login: str) -> bool:
         """Remove the user; its Maildir stays on disk (an API call never destroys mail)."""
-        with self._transaction() as conn:
-            cursor = conn.execute(
-                "DELETE FROM users WHERE id = ("
-                f"SELECT id FROM users WHERE {_BY_LOGIN} ORDER BY login = :login DESC LIMIT 1)",
-                _login_params(login),
-            )
-        return cursor.rowcount == 1
+        with self.database.begin() as conn:
+            deleted = conn.execute(delete(users).where(users.c.id == _id_of(login))).rowcount
+            bump_generation(conn)
+        return deleted == 1
 
     # --- look-ups for the SMTP receiver and the runner -----------------------------------
 
@@ -322,10 +245,10 @@ class UserStore:
         return user if _PASSWORDS.verify(password, user.passwd) else None
 
     def local_domains(self) -> set[str]:
-        rows = self._connection().execute(
-            "SELECT DISTINCT domain FROM users WHERE have_mailbox = 1 AND domain != ''"
-        )
-        return {row[0] for row in rows}
+        query = (select(users.c.domain).distinct()
+                 .where(users.c.have_mailbox == 1, users.c.domain != ""))
+        with self.database.connect() as conn:
+            return set(conn.scalars(query))
 
     def find_mailbox(self, address: str | Address) -> User | None:
         """The user with a mailbox for ``address``, else its domain's catchall, else ``None``.
@@ -337,34 +260,66 @@ class UserStore:
                 address = Address.parse(address, allow_utf8=True)
             except AddressError:
                 return None
-        conn = self._connection()
-        row = conn.execute(
-            "SELECT * FROM users WHERE login_key = ? AND have_mailbox = 1 AND active = 'Y'",
-            (address.key,),
-        ).fetchone()
-        if row is None:
-            row = conn.execute(
-                "SELECT * FROM users WHERE domain = ? AND is_catchall = 1 AND have_mailbox = 1"
-                " AND active = 'Y'",
-                (address.domain,),
-            ).fetchone()
-        return _user(row) if row else None
+        if not _storable(address.key):
+            return None
+        with self.database.connect() as conn:
+            user = _one(conn, select(users).where(
+                users.c.login_key == address.key, users.c.have_mailbox == 1,
+                users.c.active == "Y"))
+        return user or self._catchall(address.domain, active=True)
+
+    def _catchall(self, domain: str, *, active: bool = False) -> User | None:
+        if not _storable(domain):
+            return None
+        query = select(users).where(users.c.domain == domain, users.c.is_catchall == 1,
+                                    users.c.have_mailbox == 1)
+        with self.database.connect() as conn:
+            return _one(conn, query.where(users.c.active == "Y") if active else query)
 
 
-def _login_params(login: str) -> dict[str, str]:
-    return {"login": login, "key": login_key(login)}
+def open_store(config: Config) -> UserStore:
+    """The users store of this process: its database opened and migrated (start-up)."""
+    database = open_database(config)
+    database.migrate()
+    return UserStore(database, config.mailboxes_dir, config.default_quota)
 
 
-def _user(row: sqlite3.Row) -> User:
+def _storable(text: str) -> bool:
+    """Whether ``text`` can be a value in a query: PostgreSQL's text holds no NUL, and no
+    engine takes a lone surrogate. Such a login or address names nobody."""
+    return "\0" not in text and not any("\ud800" <= char <= "\udfff" for char in text)
+
+
+def _by_login(query: Select[Any], login: str) -> Select[Any]:
+    """One user by login: the exact spelling first (only legacy rows can differ), else the
+    key; both are unique indexes."""
+    if not _storable(login):
+        return query.where(false())
+    exact = users.c.login == login
+    return query.where(or_(exact, users.c.login_key == login_key(login))).order_by(
+        exact.desc()).limit(1)
+
+
+def _id_of(login: str) -> ScalarSelect[Any]:
+    return _by_login(select(users.c.id), login).scalar_subquery()
+
+
+def _one(conn: Connection, query: Select[Any]) -> User | None:
+    row = conn.execute(query).first()
+    return _user(row) if row else None
+
+
+def _user(row: Row[Any]) -> User:
+    values = row._mapping
     return User(
-        id=row["id"],
-        login=row["login"],
-        passwd=row["passwd"],
-        dove_passwd=row["dove_passwd"],
-        active=row["active"],
-        auth_relay=bool(row["auth_relay"]),
-        have_mailbox=bool(row["have_mailbox"]),
-        mailbox_quota=row["mailbox_quota"],
-        home=row["home"],
-        is_catchall=bool(row["is_catchall"]),
+        id=values["id"],
+        login=values["login"],
+        passwd=values["passwd"],
+        dove_passwd=values["dove_passwd"],
+        active=values["active"],
+        auth_relay=bool(values["auth_relay"]),
+        have_mailbox=bool(values["have_mailbox"]),
+        mailbox_quota=values["mailbox_quota"],
+        home=values["home"],
+        is_catchall=bool(values["is_catchall"]),
     )

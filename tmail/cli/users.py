@@ -7,12 +7,11 @@ import json
 import os
 import sys
 
-from tmail.users import InvalidLogin, UserError, UserStore
+from tmail.users import InvalidLogin, UserError, UserStore, open_store
 
 
 def _store(args: argparse.Namespace) -> UserStore:
-    config = args.config
-    return UserStore(config.users_db, config.mailboxes_dir, config.default_quota)
+    return open_store(args.config)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
