@@ -125,7 +125,11 @@ class SmtpTransport:
     def send(self, message: Outgoing) -> list[RecipientResult]:
         count = len(message.recipients)
         try:
-            hops = destination(domain_of(message.recipients[0]), self._routes(),
+            routes = self._routes()
+        except DatabaseUnavailable as exc:  # no route is known: MX might be the wrong way
+            return [failure(451, f"4.3.0 routes unavailable: {exc}")] * count
+        try:
+            hops = destination(domain_of(message.recipients[0]), routes,
                                self._resolver, sender=message.mail_from,
                                auth_user=message.auth_user).hops
         except RoutingError as exc:

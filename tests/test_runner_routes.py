@@ -24,6 +24,7 @@ from tests.conftest import free_port, tmail_env
 from tests.sink import Sink, SinkHandler
 from tmail import config as tmail_config
 from tmail.config import Config
+from tmail.db import DatabaseUnavailable
 from tmail.queue import QueueStore, Record, Status
 from tmail.routes import Route, failover_order, matching
 from tmail.tls import ensure_certificate
@@ -267,6 +268,22 @@ def test_a_route_change_applies_at_the_next_attempt(runner: Runner, routes: Rout
         attempt(runner)  # no route left: by MX, which does not know the domain here
         assert [len(first.messages), len(second.messages)] == [1, 1]
         assert store.get(record.id) is None
+
+
+def test_routes_that_cannot_be_read_defer_instead_of_going_by_mx(config: Config,
+                                                               store: QueueStore) -> None:
+    def unavailable() -> list[Route]:
+        raise DatabaseUnavailable("database is locked")
+
+    runner = Runner.build(config, smtp=SmtpTransport(config, NoDns(), routes=unavailable))
+    try:
+        record = queue(store)
+        attempt(runner)
+    finally:
+        runner.shutdown()
+    deferred = store.get(record.id)
+    assert deferred.status == Status.SCHEDULED  # NoDns would have bounced it with 5.1.2
+    assert deferred.last_error == "451 4.3.0 routes unavailable: database is locked"
 
 
 # --- STARTTLS and AUTH ---------------------------------------------------------------------
