@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from app import metrics, openapi, ping, queue, users
+from app import directory, metrics, openapi, ping, queue, users
 from app.errors import register_error_handlers
 from app.services import Services
 from tmail import config as tmail_config
@@ -36,6 +36,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.url_map.converters["login"] = users.LoginConverter
     for blueprint in (ping.bp, users.bp, queue.bp, metrics.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    directory.init_app(app, config)
     app.after_request(metrics.count_request)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return app

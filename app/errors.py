@@ -13,6 +13,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from tmail.db import DatabaseUnavailable
+from tmail.directory.errors import DirectoryError
 from tmail.users import UserError
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(UserError)
     def user_error(exc: UserError) -> Response:
         return error_response(422, exc.msg, exc.raw)
+
+    @app.errorhandler(DirectoryError)
+    def directory_error(exc: DirectoryError) -> Response:
+        return error_response(exc.status, exc.msg, exc.raw)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, jsonify
 
 from app import schemas
 from tmail import __version__
+from tmail.directory.tables import MAX_ENTRY_ID
 from tmail.queue.layout import MAX_ID
 
 bp = Blueprint("openapi", __name__)
@@ -24,8 +25,9 @@ JSON = "application/json"
 _REASONS = {
     400: "Malformed JSON body or bad query parameter.",
     401: "Missing or wrong admin credentials.",
-    404: "No such user or message.",
-    409: "The operation does not apply to this message in its current state.",
+    404: "No such user, message or directory entry.",
+    409: "The operation does not apply to this message in its current state, or the "
+         "directory entry exists already or is still in use.",
     422: "Invalid fields: `raw` names each field and why.",
     429: "Too many failed sign-ins from this client IP: wait `Retry-After` seconds.",
 }
@@ -35,6 +37,19 @@ _ID = {"in": "path", "name": "id", "required": True,
 _LOGIN = {"in": "path", "name": "login", "required": True,
           "schema": {"type": "string", "minLength": 1, "pattern": r"^[^/]+$"},
           "description": "The user's login, e.g. user@example.org."}
+
+
+_NAME = {"in": "path", "name": "name", "required": True,
+         "schema": {"type": "string", "minLength": 1, "pattern": r"^[^/]+$"},
+         "example": "example.org", "description": "The domain (stored as its A-label)."}
+_ADDRESS = {"in": "path", "name": "address", "required": True,
+            "schema": {"type": "string", "minLength": 1, "pattern": r"^[^/]+$"},
+            "example": "info@example.org",
+            "description": "local@domain, or @domain for a domain alias."}
+_ENTRY_ID = {"in": "path", "name": "id", "required": True,
+             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ENTRY_ID},
+             "example": 1,
+             "description": "The entry's Id."}
 
 
 def _json(schema: Any, description: str, many: bool = False) -> dict[str, Any]:
@@ -119,6 +134,63 @@ def _queue(spec: APISpec) -> None:
             query=schemas.BulkSchema)})
 
 
+def _deleted(what: str) -> dict[int, dict[str, Any]]:
+    return {200: _json("Error", f"`{{\"msg\": \"{what} deleted\"}}`.")}
+
+
+def _directory(spec: APISpec) -> None:
+    spec.path("/domains", operations={"get": _operation(
+        "Every domain: local (mailboxes) or relayed (local false).",
+        {200: _json("Domain", "The domains.", many=True)})})
+    spec.path("/domains/{name}", operations={
+        "get": _operation("One domain.", {200: _json("Domain", "The domain.")}, (404,),
+                          path=_NAME),
+        "post": _operation("Add a domain.", {201: _json("Domain", "The new domain.")},
+                           (400, 409, 422), body=schemas.DomainCreateSchema, path=_NAME),
+        "delete": _operation("Delete a domain no user or alias uses (409 names them).",
+                             _deleted("domain"), (404, 409), path=_NAME),
+    })
+    spec.path("/aliases", operations={"get": _operation(
+        "Every alias.", {200: _json("Alias", "The aliases.", many=True)})})
+    spec.path("/aliases/{address}", operations={
+        "get": _operation("One alias.", {200: _json("Alias", "The alias.")}, (404,),
+                          path=_ADDRESS),
+        "post": _operation("Add an alias (its domain must be local).",
+                           {201: _json("Alias", "The new alias.")}, (400, 409, 422),
+                           body=schemas.AliasBodySchema, path=_ADDRESS),
+        "put": _operation("Replace an alias's targets, command and flag.",
+                          {200: _json("Alias", "The alias.")}, (400, 404, 422),
+                          body=schemas.AliasBodySchema, path=_ADDRESS),
+        "delete": _operation("Delete an alias.", _deleted("alias"), (404,), path=_ADDRESS),
+    })
+    spec.path("/relayips", operations={
+        "get": _operation("Every relay network (besides TMAIL_RELAY_NETWORKS).",
+                          {200: _json("RelayNetwork", "The networks.", many=True)}),
+        "post": _operation("Add a relay network (an IP or a CIDR, v4 or v6).",
+                           {201: _json("RelayNetwork", "The new network.")}, (400, 409, 422),
+                           body=schemas.RelayNetworkCreateSchema),
+    })
+    spec.path("/relayips/{id}", operations={
+        "get": _operation("One relay network.", {200: _json("RelayNetwork", "The network.")},
+                          (404,), path=_ENTRY_ID),
+        "delete": _operation("Delete a relay network.", _deleted("relay network"), (404,),
+                             path=_ENTRY_ID),
+    })
+    spec.path("/routes", operations={
+        "get": _operation("Every route: the stored ones, then TMAIL_ROUTES (Bootstrap).",
+                          {200: _json("Route", "The routes.", many=True)}),
+        "post": _operation("Add a route (authPassword is write-only).",
+                           {201: _json("Route", "The new route, without its password.")},
+                           (400, 409, 422), body=schemas.RouteCreateSchema),
+    })
+    spec.path("/routes/{id}", operations={
+        "get": _operation("One stored route.", {200: _json("Route", "The route.")}, (404,),
+                          path=_ENTRY_ID),
+        "delete": _operation("Delete a stored route.", _deleted("route"), (404,),
+                             path=_ENTRY_ID),
+    })
+
+
 def _service(spec: APISpec) -> None:
     spec.path("/ping", operations={"get": _operation(
         "Health check.", {200: _json({"type": "object", "properties": {
@@ -138,18 +210,23 @@ def build_spec() -> dict[str, Any]:
         version=__version__,
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
-        info={"description": "Users and the mail queue of a tmail server. Errors are "
-                             "`{\"msg\": ..., \"raw\": ...}` with the HTTP status."},
+        info={"description": "Users, the mail directory and the mail queue of a tmail "
+                             "server. Errors are `{\"msg\": ..., \"raw\": ...}` with the "
+                             "HTTP status."},
         security=[{"basicAuth": []}],
     )
     spec.components.security_scheme("basicAuth", {"type": "http", "scheme": "basic"})
     for name, schema in (("User", schemas.UserSchema), ("QueueRecord", schemas.QueueRecordSchema),
                          ("BulkResult", schemas.BulkResultSchema),
                          ("Summary", schemas.SummaryResultSchema),
-                         ("Error", schemas.ErrorSchema)):
+                         ("Error", schemas.ErrorSchema),
+                         ("Domain", schemas.DomainSchema), ("Alias", schemas.AliasSchema),
+                         ("RelayNetwork", schemas.RelayNetworkSchema),
+                         ("Route", schemas.RouteSchema)):
         spec.components.schema(name, schema=schema)
     _users(spec)
     _queue(spec)
+    _directory(spec)
     _service(spec)
     return spec.to_dict()
 

@@ -139,6 +139,11 @@ class QueueRecordSchema(Schema):
     LastError = fields.String()
     LastAttemptAt = fields.String()
     DelayWarned = fields.Boolean()
+    OrigRcpt = fields.String(metadata={"description": "The address the client gave, before "
+                                                      "alias expansion."})
+    Transport = fields.String(validate=validate.OneOf(["pipe"]),
+                              metadata={"description": "Only for a pipe target."})
+    Pipe = fields.String(metadata={"description": "The command of a pipe target."})
 
 
 class BulkResultSchema(Schema):
@@ -180,3 +185,102 @@ class RawQuerySchema(Schema):
         unknown = RAISE
 
     headers = fields.String(validate=validate.OneOf(["0", "1", "true", "false"]))
+
+
+# --- the directory: domains, aliases, relay networks, routes --------------------------------
+# Shapes and types here; what a value means (a domain, an address, a CIDR, a command) is
+# checked by tmail.directory, the one check the CLI gets too (422 with the field's name).
+
+
+class DomainCreateSchema(Schema):
+    """Body of ``POST /domains/NAME``: ``local`` true, we deliver into mailboxes; false, we
+    accept the domain's mail from anyone and relay it (a backup MX)."""
+
+    class Meta:
+        unknown = RAISE
+
+    local = StrictBoolean(load_default=True)
+
+
+class DomainSchema(Schema):
+    Id = fields.Integer(attribute="id", required=True)
+    Name = fields.String(attribute="name", required=True)
+    Local = fields.Boolean(attribute="local", required=True)
+
+
+class AliasBodySchema(Schema):
+    """Body of ``POST|PUT /aliases/ADDRESS`` (PUT replaces every field)."""
+
+    class Meta:
+        unknown = RAISE
+
+    deliverTo = fields.List(fields.String(validate=validate.Length(min=1, max=320)),
+                            load_default=list, validate=validate.Length(max=1000))
+    pipe = fields.String(load_default="", validate=validate.Length(max=1000))
+    miniList = StrictBoolean(load_default=False)
+
+    @validates_schema(skip_on_field_errors=True)
+    def check(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data.get("deliverTo") and not data.get("pipe"):
+            raise ValidationError("an alias needs at least one of deliverTo and pipe.",
+                                  "deliverTo")
+
+
+class AliasSchema(Schema):
+    Id = fields.Integer(attribute="id", required=True)
+    Address = fields.String(attribute="address", required=True)
+    Local = fields.String(attribute="local", required=True)
+    Domain = fields.String(attribute="domain", required=True)
+    DeliverTo = fields.List(fields.String(), attribute="deliver_to", required=True)
+    Pipe = fields.String(attribute="pipe", required=True)
+    MiniList = fields.Boolean(attribute="mini_list", required=True)
+
+
+class RelayNetworkCreateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    network = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class RelayNetworkSchema(Schema):
+    Id = fields.Integer(attribute="id", required=True)
+    Network = fields.String(attribute="network", required=True)
+
+
+class RouteCreateSchema(Schema):
+    """Body of ``POST /routes``. ``authPassword`` is write-only: no response carries it."""
+
+    class Meta:
+        unknown = RAISE
+
+    host = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    remoteHost = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    remotePort = fields.Integer(load_default=25, validate=validate.Range(min=1, max=65535))
+    priority = fields.Integer(load_default=0, validate=validate.Range(min=0, max=1_000_000))
+    starttls = fields.String(load_default="may",
+                             validate=validate.OneOf(["may", "encrypt", "none"]))
+    mailFrom = fields.String(load_default=None, validate=validate.Length(min=1, max=320))
+    authUser = fields.String(load_default=None, validate=validate.Length(min=1, max=320))
+    authLogin = fields.String(load_default=None, validate=validate.Length(min=1, max=320))
+    authPassword = fields.String(load_default=None, load_only=True,
+                                 validate=validate.Length(min=1, max=512))
+    allowPlaintextAuth = StrictBoolean(load_default=False)
+
+
+class RouteSchema(Schema):
+    """A route as the API shows it: never its password. ``Bootstrap`` routes come from
+    ``TMAIL_ROUTES`` (``Id`` null, read-only)."""
+
+    Id = fields.Integer(attribute="id", allow_none=True, required=True)
+    Host = fields.String(attribute="host", required=True)
+    MailFrom = fields.String(attribute="mail_from", allow_none=True, required=True)
+    AuthUser = fields.String(attribute="auth_user", allow_none=True, required=True)
+    RemoteHost = fields.String(attribute="remote_host", required=True)
+    RemotePort = fields.Integer(attribute="remote_port", required=True)
+    Priority = fields.Integer(attribute="priority", required=True)
+    Starttls = fields.String(attribute="starttls", required=True)
+    AuthLogin = fields.String(attribute="auth_login", allow_none=True, required=True)
+    AllowPlaintextAuth = fields.Boolean(attribute="allow_plaintext_auth", required=True)
+    Bootstrap = fields.Function(lambda route: route.id is None, required=True,
+                                metadata={"type": "boolean"})

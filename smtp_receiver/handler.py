@@ -19,14 +19,16 @@ from smtp_receiver.checks import parse_address, valid_helo
 from smtp_receiver.committer import GroupCommitter
 from smtp_receiver.data import Framer, HeaderBlock, MessageWriter, receive
 from smtp_receiver.limits import AuthFailures
-from smtp_receiver.policy import RecipientPolicy
+from smtp_receiver.policy import RecipientPolicy, Refusal
 from smtp_receiver.state import SessionState
 from smtp_receiver.trace import protocol, received_header
 from tmail.config import Config
+from tmail.db import open_database
+from tmail.directory.lookup import Directory
 from tmail.message import format_date, new_message_id
 from tmail.metrics import SMTP_MESSAGES, Counters
 from tmail.queue import Envelope as QueueEnvelope
-from tmail.queue import QueueStore
+from tmail.queue import QueueStore, Target
 from tmail.text import printable
 from tmail.users import UserStore
 
@@ -40,6 +42,16 @@ _CONTENT_REPLIES = {
     "too_many_hops": "554 5.4.6 Too many hops",
 }
 _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _targets(state: SessionState, envelope: Envelope) -> list[Target]:
+    """One target per final recipient of the message (Postfix's cleanup drops duplicates
+    too): two RCPTs expanding to the same address give one record, the first one's."""
+    found: dict[tuple[str, str], Target] = {}
+    for rcpt in envelope.rcpt_tos:
+        for target in state.targets[rcpt]:
+            found.setdefault((target.rcpt_to.lower(), target.pipe), target)
+    return list(found.values())
 
 
 def _state(server: SMTP) -> SessionState:
@@ -62,7 +74,12 @@ class ReceiverHandler:
         self.config = config
         self.counters = counters or Counters(config.metrics_db)
         self.store = store
-        self.policy = RecipientPolicy(config, users)
+        database = open_database(config)
+        database.migrate()  # once per process
+        self.policy = RecipientPolicy(config, Directory(database, config))
+        if not config.postmaster:
+            log.warning("TMAIL_POSTMASTER is not set: postmaster@ a local domain without an "
+                        "alias or user of that name is refused (RFC 5321 4.5.1 wants it)")
         self.committer = committer
         # (no attribute may start with "auth_": aiosmtpd takes those for AUTH mechanisms)
         self.authenticator = Authenticator(
@@ -113,6 +130,7 @@ class ReceiverHandler:
                 return parsed
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        state.targets = {}
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
@@ -123,16 +141,18 @@ class ReceiverHandler:
             state.hang_up = True
             return f"421 4.7.0 {server.hostname} Error: too many rejected recipients"
         reply = await self._check_rcpt(state, envelope, address)
-        if reply is None:
+        if not isinstance(reply, str):
             envelope.rcpt_tos.append(address)
+            state.targets.setdefault(address, reply)
             return "250 2.1.5 Ok"
         if reply.startswith("5"):
             state.rejected_rcpts += 1
         return reply
 
     async def _check_rcpt(self, state: SessionState, envelope: Envelope,
-                          address: str) -> str | None:
-        """``None`` to accept ``address``, else the reply that refuses it."""
+                          address: str) -> list[Target] | str:
+        """The targets ``address`` expands to (:mod:`tmail.directory.expansion`: aliases are
+        expanded here, once, and queued as they are), else the reply that refuses it."""
         parsed = parse_address(address, smtputf8=state.smtputf8, sender=False)
         if isinstance(parsed, str):
             self.refused("bad_address")
@@ -141,10 +161,10 @@ class ReceiverHandler:
             self.refused("too_many_recipients")
             return "452 4.5.3 Error: too many recipients"
         loop = asyncio.get_running_loop()
-        refusal = await loop.run_in_executor(None, self.policy.check, parsed, state.client_ip,
-                                             state.auth_relay)
-        if refusal is None:
-            return None
+        refusal = await loop.run_in_executor(None, self.policy.check, parsed, address,
+                                             state.client_ip, state.auth_relay)
+        if not isinstance(refusal, Refusal):
+            return refusal
         self._log(state, envelope, f"reject: RCPT <{address}>: {refusal}")
         self.refused(refusal.reason)
         return str(refusal)
@@ -169,7 +189,7 @@ class ReceiverHandler:
         size = received.spool.size
         try:
             records = await self.committer.submit(QueueEnvelope(
-                received.spool, mail_from, list(envelope.rcpt_tos), state.auth_login,
+                received.spool, mail_from, _targets(state, envelope), state.auth_login,
                 state.client_ip))
         except OSError as exc:  # QueueWriteError; anything else goes to handle_exception
             return self._refuse_content(server, state, envelope, "queue_error", exc)

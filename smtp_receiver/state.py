@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from tmail.queue import Target
 
 
 @dataclass
@@ -23,6 +25,8 @@ class SessionState:
     auth_relay: bool = False  # that user may relay
     smtputf8: bool = False  # the current transaction asked for SMTPUTF8 (RFC 6531)
     hang_up: bool = False  # close the connection once the next reply is sent
+    # the current transaction's accepted recipients, each with what it expands to
+    targets: dict[str, list[Target]] = field(default_factory=dict)
 
     def forget_transaction_and_auth(self) -> None:
         self.auth_login, self.auth_relay, self.smtputf8 = "", False, False

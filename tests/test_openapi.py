@@ -50,8 +50,8 @@ def _flask_routes(tmp_path: Path) -> set[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        paths = [re.sub(r"<(?:int:record_id|login:login)>",
-                        lambda m: "{id}" if "int" in m.group(0) else "{login}", rule.rule)]
+        paths = [re.sub(r"<(?:int(?:\([^)]*\))?:\w+|login:(\w+)|(\w+))>",
+                        lambda m: "{%s}" % (m.group(1) or m.group(2) or "id"), rule.rule)]
         choice = re.search(r"<any\(([^)]*)\):\w+>", rule.rule)
         if choice:
             paths = [paths[0].replace(choice.group(0), word.strip())

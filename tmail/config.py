@@ -64,6 +64,7 @@ class Config:
     smtp_processes: int = field(default_factory=workers.default_count)
     local_domains: tuple[str, ...] = ()
     relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    postmaster: str = ""  # TMAIL_POSTMASTER: where postmaster@ goes without alias or user
     max_message_size: int = 26_214_400
     max_recipients: int = 100
     # --- SMTP receiver: protocol and resource limits (Postfix's smtpd_* in brackets) -------
@@ -191,6 +192,17 @@ def parse_networks(
     )
 
 
+def parse_address(raw: str) -> str:
+    from tmail.address import Address, AddressError
+
+    if not raw.strip():
+        return ""
+    try:
+        return str(Address.parse(raw.strip(), allow_utf8=True))
+    except AddressError as exc:
+        raise ValueError(f"not an address: {exc}") from None
+
+
 def parse_routes(raw: str) -> tuple[tuple[str, HostPort], ...]:
     """tmail's smtproutes: ``domain=host:port,*=host:port``."""
     routes = []
@@ -284,6 +296,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TMAIL_SMTP_PROCESSES": ("smtp_processes", parse_positive_int),
     "TMAIL_LOCAL_DOMAINS": ("local_domains", parse_domains),
     "TMAIL_RELAY_NETWORKS": ("relay_networks", parse_networks),
+    "TMAIL_POSTMASTER": ("postmaster", parse_address),
     "TMAIL_MAX_MESSAGE_SIZE": ("max_message_size", parse_positive_int),
     "TMAIL_MAX_RECIPIENTS": ("max_recipients", parse_positive_int),
     "TMAIL_SMTP_SMTPUTF8": ("smtp_smtputf8", parse_bool),

@@ -11,11 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from tmail import config as tmail_config
-from tmail.cli import queue, sendmail, users
+from tmail.cli import aliases, domains, queue, relayips, routes, sendmail, users
 from tmail.cli.owner import EX_NOPERM, Caller, OwnerError, become_owner
 from tmail.config import ConfigError
+from tmail.directory.errors import DirectoryError
 
-COMMANDS = (users, queue, sendmail)
+COMMANDS = (users, domains, aliases, relayips, routes, queue, sendmail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tmail: configuration: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG
+    except DirectoryError as exc:
+        print(f"tmail: {exc.msg}: {exc.raw}", file=sys.stderr)
+        return 65 if exc.status == 422 else 1  # EX_DATAERR for a value no entry may have
     except OwnerError as exc:
         print(f"tmail: {exc}", file=sys.stderr)
         return EX_NOPERM

@@ -43,11 +43,14 @@ Outcome = list[Record] | Exception
 @dataclass(frozen=True)
 class Target:
     """A final recipient with what alias expansion knows of it: ``orig_rcpt`` the address
-    the client gave, ``pipe`` a command to deliver to (its record's Transport is "pipe")."""
+    the client gave, ``pipe`` a command to deliver to (its record's Transport is "pipe"),
+    ``mail_from`` a mini-list's address, the record's sender instead of the envelope's (so
+    that bounces go to the list, not back to each member)."""
 
     rcpt_to: str
     orig_rcpt: str = ""
     pipe: str = ""
+    mail_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def check_envelope(envelope: Envelope) -> None:
               ("client address", envelope.client_addr)]
     for target in envelope.targets:
         fields += [("recipient", target.rcpt_to), ("original recipient", target.orig_rcpt),
-                   ("pipe command", target.pipe)]
+                   ("pipe command", target.pipe), ("list sender", target.mail_from or "")]
     for name, value in fields:
         _check_text(name, value)
 
@@ -193,7 +196,7 @@ class Enqueuer:
                 id=next(id_iter),
                 uuid=uuid,
                 key=raw.key,
-                mail_from=envelope.mail_from,
+                mail_from=_sender(envelope, target),
                 auth_user=envelope.auth_user,
                 rcpt_to=target.rcpt_to,
                 message_id=message_id,
@@ -289,6 +292,14 @@ class Enqueuer:
         paths += [*item.json_tmps, item.raw.path, self.layout.message_raw(item.uuid)]
         for path in paths:
             _remove(path)
+
+
+def _sender(envelope: Envelope, target: Target) -> str:
+    """A mini-list's address for its members; a bounce (null sender) stays one, so that a
+    list never turns it into mail its members' bounces would answer, round and round."""
+    if target.mail_from is None or not envelope.mail_from:
+        return envelope.mail_from
+    return target.mail_from
 
 
 def _remove(path: Path) -> None:

@@ -1,0 +1,109 @@
+"""The directory as the mail path reads it: which domains are local or relayed, which
+clients may relay, and the look-ups of alias expansion.
+
+The small sets (local and relay domains, relay networks) are kept in memory and re-read
+whenever the ``directory`` generation moved (:func:`tmail.db.read_generation`: one indexed
+read per decision). Every write to users, domains, aliases or relay networks bumps it in its
+own transaction, on whichever node: a change is effective at the next SMTP command on every
+node, and nothing can serve a deleted domain. Aliases and users are looked up per address on
+unique indexes, never cached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, select
+
+from tmail.address import Address
+from tmail.config import Config
+from tmail.db import Database, read_generation
+from tmail.directory import relayips
+from tmail.directory.aliases import alias_entry
+from tmail.directory.expansion import AliasEntry
+from tmail.directory.local import local_domains, relay_domains
+from tmail.users_table import users
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    generation: int
+    local: frozenset[str]  # both forms (A-label and Unicode) of every local domain
+    relay: frozenset[str]  # A-labels of the domains with local false
+    networks: tuple[relayips.Network, ...]  # TMAIL_RELAY_NETWORKS and the stored ones
+
+
+class Directory:
+    """One per process: thread-safe, each call on a connection of its own."""
+
+    def __init__(self, database: Database, config: Config) -> None:
+        self.db = database
+        self.config = config
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def snapshot(self, conn: Connection) -> Snapshot:
+        generation = read_generation(conn)
+        current = self._snapshot
+        if current is not None and current.generation == generation:
+            return current
+        # Read after the generation: what is loaded is at least that new; a write in
+        # between only costs one more reload at the next call.
+        fresh = Snapshot(generation, local_domains(conn, self.config.local_domains),
+                         relay_domains(conn),
+                         (*self.config.relay_networks, *relayips.networks(conn)))
+        with self._lock:
+            self._snapshot = fresh
+        return fresh
+
+    @contextmanager
+    def reading(self) -> Iterator[Reader]:
+        """The look-ups of one decision, on one connection and one snapshot."""
+        with self.db.connect() as conn:
+            yield Reader(conn, self.snapshot(conn))
+
+    def local_domains(self) -> frozenset[str]:
+        """Every local domain (both forms): for the runner's local-or-remote choice."""
+        with self.reading() as reader:
+            return reader.snapshot.local
+
+
+@dataclass(frozen=True)
+class Reader:
+    """:class:`tmail.directory.expansion.Lookup` on one connection, plus relay checks."""
+
+    conn: Connection
+    snapshot: Snapshot
+
+    def is_local(self, address: Address) -> bool:
+        return address.ascii_domain in self.snapshot.local or (
+            address.domain in self.snapshot.local)
+
+    def is_relay_domain(self, address: Address) -> bool:
+        return address.ascii_domain in self.snapshot.relay
+
+    def in_relay_networks(self, client_ip: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(client_ip)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.snapshot.networks)
+
+    def alias(self, key: str) -> AliasEntry | None:
+        return alias_entry(self.conn, key)
+
+    def has_mailbox(self, address: Address) -> bool:
+        return self.conn.execute(select(users.c.id).where(
+            users.c.login_key == address.key, users.c.have_mailbox == 1,
+            users.c.active == "Y")).first() is not None
+
+    def has_catchall(self, address: Address) -> bool:
+        return self.conn.execute(select(users.c.id).where(
+            users.c.domain == address.domain, users.c.is_catchall == 1,
+            users.c.have_mailbox == 1, users.c.active == "Y")).first() is not None
