@@ -26,6 +26,8 @@ from queue_runner.schedule import Schedule
 from queue_runner.transports import MaildirTransport, Outgoing, SmtpTransport, Transport
 from tmail.config import Config
 from tmail.db import DatabaseUnavailable
+from tmail.directory.lookup import Directory
+from tmail.directory.routes import RouteStore
 from tmail.metrics import DELIVERIES, Counters
 from tmail.queue import Claim, LockedRecord, QueueStore, Record, RecordError, Status, notify
 from tmail.queue.notify import Hint
@@ -55,6 +57,7 @@ class Runner:
         self.counters = counters or Counters(config.metrics_db)
         self.store = store
         self.users = users
+        self.directory = Directory(users.database, config)
         self.smtp = smtp
         self.local = local or MaildirTransport(config, users)
         self.pipe: Transport = PipeTransport(config)
@@ -73,8 +76,10 @@ class Runner:
 
         users = open_store(config)
         store = QueueStore(config.queue_dir, id_block=16)
-        return cls(config, store, users, smtp or SmtpTransport(config, DnsResolver()),
-                   partition=partition)
+        if smtp is None:
+            routes = RouteStore(users.database, config).for_delivery  # read at each attempt
+            smtp = SmtpTransport(config, DnsResolver(), routes=routes)
+        return cls(config, store, users, smtp, partition=partition)
 
     # --- finding work ------------------------------------------------------------------
 
@@ -203,7 +208,9 @@ class Runner:
                 self._inflight.difference_update(record.id for record in group)
 
     def _is_local(self, host: str) -> bool:
-        return host in self.config.local_domains or host in self.users.local_domains()
+        """The directory's one definition: domains with ``local`` true, the domains of
+        users with a mailbox, ``TMAIL_LOCAL_DOMAINS``."""
+        return host in self.directory.local_domains()
 
     def _send(self, started: list[Record], raw: bytes) -> list[RecipientResult]:
         """The transport's results; any exception becomes a temporary failure of them all,

@@ -15,8 +15,8 @@ import dns.exception
 import dns.resolver
 
 from tmail.address import Address, AddressError, parse_domain
-from tmail.config import Config, HostPort
-from tmail.routes import WILDCARD, Route, failover_order, matching
+from tmail.config import HostPort
+from tmail.routes import Route, failover_order, matching
 
 
 class RoutingError(Exception):
@@ -59,15 +59,6 @@ class DnsResolver:
 RouteSource = Callable[[], Sequence[Route]]
 """The routes in force now: called at each attempt, so that a route added or removed
 through the API or the CLI applies to the next attempt without restarting the runner."""
-
-
-def bootstrap_source(config: Config) -> RouteSource:
-    """``TMAIL_ROUTES`` alone as routes (``id`` None, the runner's STARTTLS policy)."""
-    routes = tuple(Route(host=host if host == WILDCARD else _ascii(host),
-                         remote_host=target.host, remote_port=target.port,
-                         starttls=config.runner_starttls)  # type: ignore[arg-type]
-                   for host, target in config.routes)
-    return lambda: routes
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from queue_runner.routing import (
     Resolver,
     RouteSource,
     RoutingError,
-    bootstrap_source,
     destination,
 )
 from queue_runner.sessions import (
@@ -30,6 +29,7 @@ from tmail import maildir
 from tmail.address import AddressError, domain_of, parse_domain
 from tmail.config import Config
 from tmail.db import DatabaseUnavailable
+from tmail.directory.routes import bootstrap
 from tmail.quota import parse_quota
 from tmail.users import UserStore
 
@@ -111,14 +111,15 @@ def _mailbox_write_failure(exc: OSError) -> RecipientResult:
 class SmtpTransport:
     """Remote domains: one SMTP transaction per message and domain, over sessions that are
     kept open for the next message to the same hop. The hops come from the routes in force
-    at this attempt (``routes``, called each time), else from MX records."""
+    at this attempt (``routes``, called each time; ``TMAIL_ROUTES`` alone by default), else
+    from MX records."""
 
     def __init__(self, config: Config, resolver: Resolver,
                  cache: ConnectionCache | None = None,
                  routes: RouteSource | None = None) -> None:
         self._config = config
         self._resolver = resolver
-        self._routes = routes or bootstrap_source(config)
+        self._routes = routes or (lambda: bootstrap(config))
         self.cache = cache or ConnectionCache()
         self._opener = SessionOpener(config)
 

@@ -24,7 +24,6 @@ from queue_runner.routing import (
     NoRecords,
     NoSuchDomain,
     RoutingError,
-    bootstrap_source,
     destination,
 )
 from queue_runner.transports import SmtpTransport
@@ -32,6 +31,7 @@ from tests.conftest import REPO, child_pids, stop, tmail_env, wait_until
 from tests.sink import Script, Sink
 from tmail import config as tmail_config
 from tmail.config import Config, HostPort
+from tmail.directory.routes import bootstrap
 from tmail.queue import QueueStore, Record, Status
 from tmail.queue.ops import QueueOps
 from tmail.queue.record import now
@@ -321,7 +321,7 @@ def test_destination_routes_mx_order_implicit_mx_and_null_mx(config: Config) -> 
         with pytest.raises(RoutingError) as error:
             destination(domain, (), stub)
         assert error.value.permanent and error.value.status == status
-    assert destination("anything.test", bootstrap_source(config)(), stub).routed  # routes first
+    assert destination("anything.test", bootstrap(config), stub).routed  # routes first
 
 
 def test_refused_connection_is_deferred(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from queue_runner.delivery import Runner
 from queue_runner.routing import NoSuchDomain, destination
 from queue_runner.transports import SmtpTransport
-from tests.conftest import free_port, tmail_env
+from tests.conftest import free_port, start_api, stop, tmail_env
 from tests.sink import Sink, SinkHandler
 from tmail import config as tmail_config
 from tmail.config import Config
@@ -369,3 +369,38 @@ def test_starttls_none_keeps_the_session_in_clear(runner: Runner, routes: Routes
         queue(store)
         attempt(runner)
         assert smart.logins == [("PLAIN", LOGIN, False)] and len(smart.messages) == 1
+
+
+# --- through the directory -------------------------------------------------------------------
+
+
+def test_a_route_made_through_the_api_is_used_at_the_next_attempt(tmp_path: Path) -> None:
+    """API -> database -> the same runner, not restarted: the stored route (its password
+    included, for AUTH) beats TMAIL_ROUTES' "*" from the next attempt on, until deleted."""
+    with Sink() as bootstrap_host:
+        api = start_api(tmp_path, TMAIL_ROUTES=bootstrap_host.route)
+        runner = Runner.build(tmail_config.load(api.env))
+        try:
+            with SmartHost(ensure_certificate(api.config)) as smart:
+                queue(runner.store, n="before")
+                attempt(runner)
+                created = api.session.post(api.url("/routes"), json={
+                    "host": "remote.test", "remoteHost": "127.0.0.1", "remotePort": smart.port,
+                    "authLogin": LOGIN, "authPassword": PASSWORD})
+                assert created.status_code == 201, created.text
+                queue(runner.store, n="stored")
+                attempt(runner)
+                assert api.session.delete(api.url(f"/routes/{created.json()['Id']}")).ok
+                queue(runner.store, n="after")
+                attempt(runner)
+                assert subjects(smart) == [b"stored"]
+                assert smart.logins == [("PLAIN", LOGIN, True)]
+            assert subjects(bootstrap_host) == [b"before", b"after"]
+            assert list(runner.store.iter_ids()) == []
+        finally:
+            runner.shutdown()
+            stop(api.process)
+
+
+def subjects(sink: Sink) -> list[bytes]:
+    return [m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in sink.messages]
