@@ -14,9 +14,10 @@ from typing import Protocol
 import dns.exception
 import dns.resolver
 
-from tmail.address import Address, AddressError, parse_domain
+from tmail.address import AddressError, parse_domain
 from tmail.config import HostPort
 from tmail.routes import Route, failover_order, matching
+from tmail.users import login_key
 
 
 class RoutingError(Exception):
@@ -87,7 +88,8 @@ def destination(domain: str, routes: Sequence[Route], resolver: Resolver, *,
     by priority (equal ones shuffled), else the MX records by preference (equal ones
     shuffled, RFC 5321 §5.1)."""
     rng = rng or random.Random()
-    chosen = matching(routes, _ascii(domain), _key(sender), _key(auth_user))
+    chosen = matching(routes, _ascii(domain), sender and login_key(sender),
+                      auth_user and login_key(auth_user))
     if chosen:
         return Destination(tuple(Hop(HostPort(r.remote_host, r.remote_port), r)
                                  for r in failover_order(chosen, rng)), routed=True)
@@ -112,13 +114,3 @@ def _ascii(domain: str) -> str:
         return parse_domain(domain)[1]
     except AddressError:
         return domain.lower()
-
-
-def _key(address: str) -> str:
-    """The lookup key routes are stored with (``Address.key``); "" for none."""
-    if not address:
-        return ""
-    try:
-        return Address.parse(address, allow_utf8=True).key
-    except AddressError:
-        return address.lower()
