@@ -19,12 +19,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
+from queue_runner.pipe import PipeTransport
 from queue_runner.reports import AttemptReports
 from queue_runner.results import RecipientResult, failure
 from queue_runner.schedule import Schedule
 from queue_runner.transports import MaildirTransport, Outgoing, SmtpTransport, Transport
 from tmail.config import Config
 from tmail.db import DatabaseUnavailable
+from tmail.directory.lookup import Directory
+from tmail.directory.routes import RouteStore
 from tmail.metrics import DELIVERIES, Counters
 from tmail.queue import Claim, LockedRecord, QueueStore, Record, RecordError, Status, notify
 from tmail.queue.notify import Hint
@@ -54,8 +57,10 @@ class Runner:
         self.counters = counters or Counters(config.metrics_db)
         self.store = store
         self.users = users
+        self.directory = Directory(users.database, config)
         self.smtp = smtp
         self.local = local or MaildirTransport(config, users)
+        self.pipe: Transport = PipeTransport(config)
         self._pool = ThreadPoolExecutor(config.runner_concurrency, thread_name_prefix="deliver")
         self._slots: dict[str, threading.BoundedSemaphore] = defaultdict(
             lambda: threading.BoundedSemaphore(config.runner_destination_concurrency))
@@ -71,8 +76,10 @@ class Runner:
 
         users = open_store(config)
         store = QueueStore(config.queue_dir, id_block=16, node=config.node)
-        return cls(config, store, users, smtp or SmtpTransport(config, DnsResolver()),
-                   partition=partition)
+        if smtp is None:
+            routes = RouteStore(users.database, config).for_delivery  # read at each attempt
+            smtp = SmtpTransport(config, DnsResolver(), routes=routes)
+        return cls(config, store, users, smtp, partition=partition)
 
     # --- finding work ------------------------------------------------------------------
 
@@ -147,25 +154,28 @@ class Runner:
         return len(futures)
 
     def submit(self, records: list[Record]) -> list[Future[None]]:
-        """Group records by message and destination: one SMTP transaction per group."""
-        groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
+        """Group records by message and destination: one SMTP transaction per group (pipe
+        records by their command)."""
+        groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
         with self._inflight_lock:
             for record in records:
                 if record.id in self._inflight or not self.owns(record.uuid):
                     continue
                 self._inflight.add(record.id)
-                groups[(record.uuid, record.host)].append(record)
+                groups[(record.uuid, record.host, record.pipe)].append(record)
         return [self._pool.submit(self._attempt, group) for group in groups.values()]
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.smtp.close()
         self.local.close()
+        self.pipe.close()
 
     def close_idle(self) -> None:
         """QUIT cached SMTP sessions that have been idle too long (the daemon calls this)."""
         self.smtp.close_idle()
         self.local.close_idle()
+        self.pipe.close_idle()
 
     # --- one attempt -------------------------------------------------------------------
 
@@ -198,7 +208,9 @@ class Runner:
                 self._inflight.difference_update(record.id for record in group)
 
     def _is_local(self, host: str) -> bool:
-        return host in self.config.local_domains or host in self.users.local_domains()
+        """The directory's one definition: domains with ``local`` true, the domains of
+        users with a mailbox, ``TMAIL_LOCAL_DOMAINS``."""
+        return host in self.directory.local_domains()
 
     def _send(self, started: list[Record], raw: bytes) -> list[RecipientResult]:
         """The transport's results; any exception becomes a temporary failure of them all,
@@ -206,11 +218,11 @@ class Runner:
         first = started[0]
         relay = "none"
         try:
-            local = self._is_local(first.host)
-            relay = "local" if local else relay
-            transport = self.local if local else self.smtp
-            message = Outgoing(first.uuid, first.mail_from, raw, [r.rcpt_to for r in started])
-            with self._slot("local" if local else first.host):
+            transport, relay, slot = self._transport(first)
+            message = Outgoing(first.uuid, first.mail_from, raw, [r.rcpt_to for r in started],
+                               auth_user=first.auth_user,
+                               orig_rcpts=[r.orig_rcpt for r in started], pipe=first.pipe)
+            with self._slot(slot):
                 results = transport.send(message)
             if len(results) != len(started):
                 raise RuntimeError(f"{len(results)} results for {len(started)} recipients")
@@ -223,6 +235,16 @@ class Runner:
                           printable(first.host))
             reason = f"4.3.0 internal error: {type(exc).__name__}: {exc}"
             return [failure(451, reason, relay)] * len(started)
+
+    def _transport(self, record: Record) -> tuple[Transport, str, str]:
+        """The transport for ``record``, its relay name for errors, and its slot: the
+        record's own Transport (a pipe, one slot per command), else local or remote by
+        its domain (one slot per domain)."""
+        if record.transport == "pipe":
+            return self.pipe, "pipe", f"pipe {record.pipe}"
+        if self._is_local(record.host):
+            return self.local, "local", "local"
+        return self.smtp, "none", record.host
 
     def _reports(self) -> AttemptReports:
         return AttemptReports(self.store, self.config, self.counters, self._log)
@@ -372,8 +394,8 @@ class Runner:
 
     def _log(self, record: Record, result: RecipientResult) -> None:
         """The Postfix-style log line of one attempt, and the attempt's counter."""
-        self.counters.inc(DELIVERIES, result=result.outcome,
-                          transport="local" if result.relay == "local" else "smtp")
+        transport = result.relay if result.relay in ("local", "pipe") else "smtp"
+        self.counters.inc(DELIVERIES, result=result.outcome, transport=transport)
         log.info("%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)", record.uuid,
                  printable(record.rcpt_to), printable(result.relay), record.age_seconds(),
                  result.status, result.outcome, result.reply)

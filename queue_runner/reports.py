@@ -47,7 +47,8 @@ class AttemptReports:
         config = self.config
         if self.failed:
             self._queue([RecipientStatus(locked.record.rcpt_to, "failed", result.status,
-                                         result.diagnostic, _remote(result))
+                                         result.diagnostic, _remote(result),
+                                         original_rcpt=locked.record.orig_rcpt)
                          for locked, result, _ in self.failed],
                         self.failed[0][0], _reasons(reason for _, _, reason in self.failed))
             for locked, _, _ in self.failed:
@@ -56,7 +57,8 @@ class AttemptReports:
             first = self.delayed[0][1]
             until = first.added_at + timedelta(seconds=config.max_queue_lifetime)
             self._queue([RecipientStatus(updated.rcpt_to, "delayed", result.status,
-                                         result.diagnostic, _remote(result), until)
+                                         result.diagnostic, _remote(result), until,
+                                         updated.orig_rcpt)
                          for _, updated, result in self.delayed],
                         self.delayed[0][0],
                         "The mail system will keep trying to deliver your message.",
@@ -77,6 +79,6 @@ def _reasons(reasons: Iterable[str]) -> str:
 
 
 def _remote(result: RecipientResult) -> str:
-    if result.relay in ("none", "local"):
+    if result.relay in ("none", "local", "pipe"):
         return ""
     return f"dns; {result.relay.rpartition(':')[0].strip('[]')}"

@@ -25,9 +25,15 @@ class RecipientResult:
     code: int
     text: str
     relay: str = "none"
+    # RFC 3464 §2.3.6: the diagnostic's type ("smtp" for a reply; "x-unix" for a local
+    # program's output) and, when it is not the reply itself, its text (a command's stderr)
+    diagnostic_type: str = "smtp"
+    detail: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text", "\n".join(text_lines(self.text)))
+        if self.detail:
+            object.__setattr__(self, "detail", "\n".join(text_lines(self.detail)))
 
     @property
     def sent(self) -> bool:
@@ -63,7 +69,7 @@ class RecipientResult:
     @property
     def diagnostic(self) -> str:
         """The DSN's ``Diagnostic-Code`` value; its lines are folded by :mod:`tmail.dsn`."""
-        return "smtp; " + "\n".join(self.lines)
+        return f"{self.diagnostic_type}; " + (self.detail or "\n".join(self.lines))
 
 
 def failure(code: int, text: str, relay: str = "none") -> RecipientResult:

@@ -1,17 +1,23 @@
-"""Where mail for a domain goes: TMAIL_ROUTES first, else MX records (RFC 5321 §5).
+"""Where mail for a domain goes: the routes (the directory's and TMAIL_ROUTES) first, else
+MX records (RFC 5321 §5).
 
 DNS sits behind :class:`Resolver` so that tests give a stub and never ask the internet.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import dns.exception
 import dns.resolver
 
-from tmail.config import Config, HostPort
+from tmail.address import AddressError, parse_domain
+from tmail.config import HostPort
+from tmail.routes import Route, failover_order, matching
+from tmail.users import login_key
 
 
 class RoutingError(Exception):
@@ -51,28 +57,60 @@ class DnsResolver:
         return [(rr.preference, rr.exchange.to_text().rstrip(".")) for rr in answer]
 
 
+RouteSource = Callable[[], Sequence[Route]]
+"""The routes in force now: called at each attempt, so that a route added or removed
+through the API or the CLI applies to the next attempt without restarting the runner."""
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One server to try: its address and, for a route, the route (STARTTLS policy, AUTH
+    credentials). Sessions are cached per hop, so that a session authenticated for one
+    route never carries another route's mail."""
+
+    address: HostPort
+    route: Route | None = None
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+
 @dataclass(frozen=True)
 class Destination:
-    hosts: tuple[HostPort, ...]
+    hops: tuple[Hop, ...]
     routed: bool
 
 
-def destination(domain: str, config: Config, resolver: Resolver) -> Destination:
-    """The hosts to try in order for ``domain``."""
-    route = config.route_for(domain)
-    if route is not None:
-        return Destination((route,), routed=True)
+def destination(domain: str, routes: Sequence[Route], resolver: Resolver, *,
+                sender: str = "", auth_user: str = "",
+                rng: random.Random | None = None) -> Destination:
+    """The hops to try in order for mail to ``domain``: the most specific matching routes
+    by priority (equal ones shuffled), else the MX records by preference (equal ones
+    shuffled, RFC 5321 §5.1)."""
+    rng = rng or random.Random()
+    chosen = matching(routes, _ascii(domain), sender and login_key(sender),
+                      auth_user and login_key(auth_user))
+    if chosen:
+        return Destination(tuple(Hop(HostPort(r.remote_host, r.remote_port), r)
+                                 for r in failover_order(chosen, rng)), routed=True)
     try:
         records = resolver.mx(domain)
     except NoSuchDomain:
         raise RoutingError("5.1.2", f"Host or domain name not found: {domain}", True) from None
     except NoRecords:
-        return Destination((HostPort(domain, 25),), routed=False)  # implicit MX: the A/AAAA
+        return Destination((Hop(HostPort(domain, 25)),), routed=False)  # implicit MX
     except dns.exception.DNSException as exc:
         raise RoutingError("4.4.3", f"DNS lookup failure for {domain}: {exc}", False) from None
-    if len(records) == 1 and records[0][1] in ("", "."):
+    exchanges = [(preference, rng.random(), host) for preference, host in records
+                 if host not in ("", ".")]
+    if not exchanges:
         raise RoutingError("5.1.10", f"Domain {domain} does not accept mail (null MX)", True)
-    hosts = tuple(HostPort(host, 25) for _, host in sorted(records) if host not in ("", "."))
-    if not hosts:
-        raise RoutingError("5.1.10", f"Domain {domain} does not accept mail (null MX)", True)
-    return Destination(hosts, routed=False)
+    return Destination(tuple(Hop(HostPort(host, 25)) for *_, host in sorted(exchanges)),
+                       routed=False)
+
+
+def _ascii(domain: str) -> str:
+    try:
+        return parse_domain(domain)[1]
+    except AddressError:
+        return domain.lower()

@@ -1,37 +1,51 @@
 """Transports behind one small interface: a message and its recipients in, one result per
-recipient out. SMTP for remote domains, Maildir for local users."""
+recipient out. SMTP for remote domains, Maildir for local users (pipes: ``pipe.py``)."""
 
 from __future__ import annotations
 
 import errno
 import smtplib
-import socket
-import ssl
-import threading
-import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from queue_runner.results import RecipientResult, failure
-from queue_runner.routing import Resolver, RoutingError, destination
+from queue_runner.routing import (
+    Hop,
+    Resolver,
+    RouteSource,
+    RoutingError,
+    destination,
+)
+from queue_runner.sessions import (
+    Cached,
+    ConnectionCache,
+    HopFailed,
+    SessionOpener,
+    describe,
+    quit_session,
+)
 from tmail import maildir
 from tmail.address import AddressError, domain_of, parse_domain
-from tmail.config import Config, HostPort
+from tmail.config import Config
 from tmail.db import DatabaseUnavailable
+from tmail.directory.routes import bootstrap
 from tmail.quota import parse_quota
 from tmail.users import UserStore
 
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One message to some of its recipients (all in one domain for SMTP)."""
+    """One message to some of its recipients (all in one domain for SMTP; all to one
+    command for a pipe), with what route selection and a pipe need to know of it."""
 
     uuid: str
     mail_from: str
     raw: bytes
     recipients: Sequence[str]
+    auth_user: str = ""  # who submitted it (routes may apply to one authenticated user)
+    orig_rcpts: Sequence[str] = ()  # per recipient: the address the client gave, or ""
+    pipe: str = ""  # the command of pipe records
 
 
 class Transport(Protocol):
@@ -94,114 +108,52 @@ def _mailbox_write_failure(exc: OSError) -> RecipientResult:
     return failure(451, f"4.3.0 cannot write the mailbox: {exc}", "local")
 
 
-class _Cached:
-    """An SMTP connection left open after a transaction, for the next message to its host."""
-
-    def __init__(self, client: smtplib.SMTP, relay: str) -> None:
-        self.client = client
-        self.relay = relay
-        self.opened = time.monotonic()
-        self.idle_since = self.opened
-        self.uses = 0
-
-
-class ConnectionCache:
-    """Open SMTP sessions by destination host, as Postfix's scache keeps them.
-
-    Opening a session (TCP, greeting, EHLO, STARTTLS) costs more than the transaction itself
-    for small messages. A session goes back here after each message and is taken again by
-    the next message to the same host, within the same limits as Postfix: idle at most
-    ``idle_limit`` seconds, open at most ``age_limit`` seconds, at most ``use_limit``
-    transactions.
-    """
-
-    def __init__(self, idle_limit: float = 2.0, age_limit: float = 300.0,
-                 use_limit: int = 100) -> None:
-        self.idle_limit, self.age_limit, self.use_limit = idle_limit, age_limit, use_limit
-        self._idle: dict[HostPort, list[_Cached]] = defaultdict(list)
-        self._lock = threading.Lock()
-
-    def take(self, host: HostPort) -> _Cached | None:
-        expired: list[_Cached] = []
-        found = None
-        with self._lock:
-            sessions = self._idle.get(host, [])
-            while sessions and found is None:
-                cached = sessions.pop()
-                if self._usable(cached, time.monotonic()):
-                    found = cached
-                else:
-                    expired.append(cached)
-        for cached in expired:
-            _quit(cached.client)
-        return found
-
-    def give_back(self, host: HostPort, cached: _Cached) -> None:
-        cached.uses += 1
-        cached.idle_since = time.monotonic()
-        if not self._usable(cached, cached.idle_since):
-            _quit(cached.client)
-            return
-        with self._lock:
-            self._idle[host].append(cached)
-
-    def close_idle(self, everything: bool = False) -> None:
-        """QUIT the sessions past their limits (all of them with ``everything``)."""
-        moment = time.monotonic()
-        closing: list[_Cached] = []
-        with self._lock:
-            for sessions in self._idle.values():
-                keep = [c for c in sessions if not everything and self._usable(c, moment)]
-                closing.extend(c for c in sessions if c not in keep)
-                sessions[:] = keep
-        for cached in closing:
-            _quit(cached.client)
-
-    def _usable(self, cached: _Cached, moment: float) -> bool:
-        return (moment - cached.idle_since <= self.idle_limit
-                and moment - cached.opened <= self.age_limit
-                and cached.uses < self.use_limit)
-
-
 class SmtpTransport:
-    """Remote domains: one SMTP transaction per message and domain, STARTTLS when offered,
-    over sessions that are kept open for the next message to the same host."""
+    """Remote domains: one SMTP transaction per message and domain, over sessions that are
+    kept open for the next message to the same hop. The hops come from the routes in force
+    at this attempt (``routes``, called each time; ``TMAIL_ROUTES`` alone by default), else
+    from MX records."""
 
     def __init__(self, config: Config, resolver: Resolver,
-                 cache: ConnectionCache | None = None) -> None:
+                 cache: ConnectionCache | None = None,
+                 routes: RouteSource | None = None) -> None:
         self._config = config
         self._resolver = resolver
+        self._routes = routes or (lambda: bootstrap(config))
         self.cache = cache or ConnectionCache()
-        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        # Opportunistic TLS, as MTAs do by default: encrypt, but accept any certificate.
-        self._tls.check_hostname = False
-        self._tls.verify_mode = ssl.CERT_NONE
+        self._opener = SessionOpener(config)
 
     def send(self, message: Outgoing) -> list[RecipientResult]:
-        domain = domain_of(message.recipients[0])
+        count = len(message.recipients)
         try:
-            hosts = destination(domain, self._config, self._resolver).hosts
+            routes = self._routes()
+        except DatabaseUnavailable as exc:  # no route is known: MX might be the wrong way
+            return [failure(451, f"4.3.0 routes unavailable: {exc}")] * count
+        try:
+            hops = destination(domain_of(message.recipients[0]), routes,
+                               self._resolver, sender=message.mail_from,
+                               auth_user=message.auth_user).hops
         except RoutingError as exc:
             code = 550 if exc.permanent else 451
-            return [failure(code, f"{exc.status} {exc.text}")] * len(message.recipients)
+            return [failure(code, f"{exc.status} {exc.text}")] * count
         last: list[RecipientResult] = []
-        for host in hosts:
-            cached = self.cache.take(host)
+        for hop in hops:
+            cached = self.cache.take(hop)
             if cached is not None:
                 try:
-                    return _closing_on_error(cached, self._transaction, host, message)
+                    return _closing_on_error(cached, self._transaction, hop, message)
                 except (OSError, smtplib.SMTPException):
                     # The server closed the idle session (or broke it before MAIL was
                     # answered): nothing was sent, so a fresh session may try again.
-                    _quit(cached.client)
+                    quit_session(cached.client)
             try:
-                return _closing_on_error(self._open(host), self._transaction, host, message)
-            except _TlsRequired as exc:
-                return [failure(451, str(exc), str(host))] * len(message.recipients)
+                return _closing_on_error(self._opener.open(hop), self._transaction, hop,
+                                         message)
+            except HopFailed as exc:  # a 4xx/5xx greeting, TLS or AUTH, 421: the next hop
+                last = [exc.result] * count
             except (OSError, smtplib.SMTPException) as exc:
-                # Try the next MX; report the last host's trouble if all fail.
-                last = [failure(451, f"4.4.1 connect to {host}: {_describe(exc)}", str(host))] * (
-                    len(message.recipients))
+                last = [failure(451, f"4.4.1 connect to {hop}: {describe(exc)}", str(hop))
+                        ] * count
         return last
 
     def close_idle(self) -> None:
@@ -210,23 +162,7 @@ class SmtpTransport:
     def close(self) -> None:
         self.cache.close_idle(everything=True)
 
-    def _open(self, host: HostPort) -> _Cached:
-        client = smtplib.SMTP(timeout=self._config.runner_timeout,
-                              local_hostname=self._config.hostname)
-        try:
-            client.connect(host.host, host.port)
-            client.ehlo()
-            if client.has_extn("starttls") and self._config.runner_starttls != "none":
-                client.starttls(context=self._tls)
-                client.ehlo()
-            elif self._config.runner_starttls == "encrypt":
-                raise _TlsRequired("4.7.4 TLS is required but was not offered")
-        except BaseException:
-            client.close()
-            raise
-        return _Cached(client, str(host))
-
-    def _transaction(self, host: HostPort, session: _Cached,
+    def _transaction(self, hop: Hop, session: Cached,
                      message: Outgoing) -> list[RecipientResult]:
         """MAIL, RCPT..., DATA on an open session; the session goes back to the cache when
         the transaction ended cleanly, else it is closed."""
@@ -235,12 +171,16 @@ class SmtpTransport:
             _ascii_form(address) is None for address in (message.mail_from, *message.recipients))
         sender = message.mail_from if utf8 else _ascii_form(message.mail_from)
         if sender is None:
-            self.cache.give_back(host, session)  # no command was sent: the session is clean
+            self.cache.give_back(hop, session)  # no command was sent: the session is clean
             return [_no_smtputf8(message.mail_from, relay)] * len(message.recipients)
         code, reply = client.mail(sender, _mail_options(client, message, utf8))
+        if code == 421:  # the server is closing this session: no verdict on the message
+            quit_session(client)
+            raise HopFailed(failure(451, f"4.4.2 host {relay} said: 421 {_text(reply)}",
+                                    relay))
         if code >= 400:
-            _quit(client)
-            return [failure(code, reply.decode(errors="replace"), relay)] * len(
+            quit_session(client)
+            return [failure(code, _text(reply), relay)] * len(
                 message.recipients)
         results: dict[str, RecipientResult] = {}
         accepted = []
@@ -251,7 +191,7 @@ class SmtpTransport:
                 continue
             code, reply = client.rcpt(address)
             if code >= 400:
-                results[rcpt] = failure(code, reply.decode(errors="replace"), relay)
+                results[rcpt] = failure(code, _text(reply), relay)
             else:
                 accepted.append(rcpt)
         try:
@@ -261,28 +201,28 @@ class SmtpTransport:
                 except smtplib.SMTPDataError as exc:  # smtplib raises on any non-250 reply
                     code, reply = exc.smtp_code, exc.smtp_error
                 for rcpt in accepted:
-                    results[rcpt] = RecipientResult(code, reply.decode(errors="replace"), relay)
+                    results[rcpt] = RecipientResult(code, _text(reply), relay)
             else:
                 client.rset()
         except (OSError, smtplib.SMTPException) as exc:
             # Lost during DATA: the message may or may not have arrived; retry later.
-            _quit(client)
+            quit_session(client)
             text = f"4.4.2 lost connection with {relay} while sending the message"
-            return [results.get(r) or failure(451, f"{text} ({_describe(exc)})", relay)
+            return [results.get(r) or failure(451, f"{text} ({describe(exc)})", relay)
                     for r in message.recipients]
         if code == 421:
-            _quit(client)
+            quit_session(client)
         else:
-            self.cache.give_back(host, session)
+            self.cache.give_back(hop, session)
         return [results[rcpt] for rcpt in message.recipients]
 
 
-def _closing_on_error(session: _Cached, transaction: _Transaction, host: HostPort,
+def _closing_on_error(session: Cached, transaction: _Transaction, hop: Hop,
                       message: Outgoing) -> list[RecipientResult]:
     """Run ``transaction``; on an exception that is not the network's (a bug, a codec
     error), close the session's socket before the exception goes on to the runner."""
     try:
-        return transaction(host, session, message)
+        return transaction(hop, session, message)
     except (OSError, smtplib.SMTPException):
         raise
     except Exception:
@@ -291,7 +231,7 @@ def _closing_on_error(session: _Cached, transaction: _Transaction, host: HostPor
 
 
 class _Transaction(Protocol):
-    def __call__(self, host: HostPort, session: _Cached,
+    def __call__(self, hop: Hop, session: Cached,
                  message: Outgoing) -> list[RecipientResult]: ...
 
 
@@ -322,22 +262,5 @@ def _no_smtputf8(address: str, relay: str) -> RecipientResult:
                         "does not support SMTPUTF8", relay)
 
 
-class _TlsRequired(Exception):
-    """STARTTLS was required (TMAIL_RUNNER_STARTTLS=encrypt) and the server did not offer it."""
-
-
-def _quit(client: smtplib.SMTP) -> None:
-    try:
-        client.quit()
-    except (OSError, smtplib.SMTPException):
-        client.close()
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, socket.timeout | TimeoutError):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return "lost connection"
-    return str(exc) or type(exc).__name__
+def _text(reply: bytes) -> str:
+    return reply.decode(errors="replace")

@@ -20,12 +20,18 @@ import pytest
 from sqlalchemy import update
 
 from queue_runner.delivery import Runner, backoff
-from queue_runner.routing import NoRecords, NoSuchDomain, RoutingError, destination
+from queue_runner.routing import (
+    NoRecords,
+    NoSuchDomain,
+    RoutingError,
+    destination,
+)
 from queue_runner.transports import SmtpTransport
 from tests.conftest import REPO, child_pids, stop, tmail_env, wait_until
 from tests.sink import Script, Sink
 from tmail import config as tmail_config
 from tmail.config import Config, HostPort
+from tmail.directory.routes import bootstrap
 from tmail.queue import QueueStore, Record, Status
 from tmail.queue.ops import QueueOps
 from tmail.queue.record import now
@@ -305,19 +311,17 @@ def test_destination_routes_mx_order_implicit_mx_and_null_mx(config: Config) -> 
                 raise answer
             return answer  # type: ignore[return-value]
 
-    no_routes = tmail_config.Config(data_dir=config.data_dir, mailboxes_dir=config.mailboxes_dir)
     stub = Stub({"mx.test": [(20, "b.mx.test"), (10, "a.mx.test")],
                  "plain.test": NoRecords("plain.test"), "nx.test": NoSuchDomain("nx.test"),
                  "null.test": [(0, ".")]})
-    assert [h.host for h in destination("mx.test", no_routes, stub).hosts] == [
+    assert [h.address.host for h in destination("mx.test", (), stub).hops] == [
         "a.mx.test", "b.mx.test"]
-    assert [str(h) for h in destination("plain.test", no_routes, stub).hosts] == [
-        "plain.test:25"]
+    assert [str(h) for h in destination("plain.test", (), stub).hops] == ["plain.test:25"]
     for domain, status in (("nx.test", "5.1.2"), ("null.test", "5.1.10")):
         with pytest.raises(RoutingError) as error:
-            destination(domain, no_routes, stub)
+            destination(domain, (), stub)
         assert error.value.permanent and error.value.status == status
-    assert destination("anything.test", config, stub).routed  # TMAIL_ROUTES comes first
+    assert destination("anything.test", bootstrap(config), stub).routed  # routes first
 
 
 def test_refused_connection_is_deferred(tmp_path: Path) -> None:

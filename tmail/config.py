@@ -106,6 +106,8 @@ class Config:
     delay_warning: float = 14_400.0
     over_quota_permanent: bool = False
     orphan_grace: float = 3600.0
+    pipe_user: str = "nobody"  # pipe(8)'s user=: who runs the commands of pipe aliases
+    pipe_timeout: float = 60.0  # pipe(8)'s command_time_limit
     metrics_public: bool = False
     database_url: str = ""  # TMAIL_DATABASE_URL; empty: SQLite at <data dir>/users.db
 
@@ -253,6 +255,17 @@ def parse_node(raw: str) -> str:
     return raw
 
 
+def parse_pipe_user(raw: str) -> str:
+    """A user name (resolved when a pipe runs: the user may exist only on runner hosts);
+    never root, which Postfix's pipe(8) refuses too."""
+    name = raw.strip()
+    if not name or any(ch in name for ch in ":/ \t") or not name.isprintable():
+        raise ValueError("expected a user name")
+    if name == "root":
+        raise ValueError("pipe commands never run as root")
+    return name
+
+
 def parse_quota(raw: str) -> str:
     from tmail.quota import parse_quota as parse  # the one quota grammar
 
@@ -333,6 +346,8 @@ _SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TMAIL_OVER_QUOTA_PERMANENT": ("over_quota_permanent", parse_bool),
     "TMAIL_ORPHAN_GRACE": ("orphan_grace", parse_seconds),
     "TMAIL_METRICS_PUBLIC": ("metrics_public", parse_bool),
+    "TMAIL_PIPE_USER": ("pipe_user", parse_pipe_user),
+    "TMAIL_PIPE_TIMEOUT": ("pipe_timeout", parse_positive_seconds),
     "TMAIL_DATABASE_URL": ("database_url", parse_database_url),
 }
 

@@ -13,6 +13,8 @@ priorities are fail-overs.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,3 +48,39 @@ class Route:
             f"priority={self.priority}, starttls={self.starttls!r}, "
             f"auth_login={self.auth_login!r}, auth_password={secret!r})"
         )
+
+
+def _specificity(route: Route) -> tuple[bool, bool, bool]:
+    """Host first, then sender, then authenticated user: a route for the exact domain beats
+    ``*`` whatever else it says; among those, one for this sender beats one for anyone."""
+    return (route.host != WILDCARD, route.mail_from is not None, route.auth_user is not None)
+
+
+def matching(routes: Iterable[Route], domain: str, sender: str = "",
+             auth_user: str = "") -> list[Route]:
+    """The most specific routes that apply to mail for ``domain`` (A-label, lower case)
+    from ``sender`` submitted by ``auth_user`` (lookup keys, "" for none); [] when none
+    applies (the mail goes by MX)."""
+    applying = [route for route in routes
+                if route.host in (domain, WILDCARD)
+                and route.mail_from in (None, sender or None)
+                and route.auth_user in (None, auth_user or None)]
+    if not applying:
+        return []
+    best = max(map(_specificity, applying))
+    return [route for route in applying if _specificity(route) == best]
+
+
+def failover_order(routes: Iterable[Route], rng: random.Random | None = None) -> list[Route]:
+    """Lowest priority first; routes of equal priority in random order, so that they share
+    the load; each higher priority is a fail-over for the ones before it."""
+    rng = rng or random.Random()
+    groups: dict[int, list[Route]] = {}
+    for route in routes:
+        groups.setdefault(route.priority, []).append(route)
+    ordered: list[Route] = []
+    for priority in sorted(groups):
+        group = groups[priority]
+        rng.shuffle(group)
+        ordered.extend(group)
+    return ordered
