@@ -40,7 +40,7 @@ from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
 from tmail.queue.layout import UUID_PATTERN, QueueLayout, valid_id
 from tmail.queue.record import Record, RecordError, now, parse_record
-from tmail.queue.scan import Scanner
+from tmail.queue.scan import LeafMemo, Scanner
 from tmail.queue.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,8 @@ class QueueStore:
             yield from ids
 
     def iter_raw_records(
-        self, record_filter: RecordFilter | None = None, *, after: int = 0
+        self, record_filter: RecordFilter | None = None, *, after: int = 0,
+        memo: LeafMemo | None = None,
     ) -> Iterator[tuple[dict[str, Any], bytes]]:
         """The fast path for listings and counts: (parsed JSON, file bytes) in ``Id`` order.
 
@@ -209,11 +210,12 @@ class QueueStore:
         between a listing in seconds and one in tens of them. Files are opened relative to
         their leaf directory (one path walk per thousand records). ``Status`` is the one
         :meth:`get` shows, derived from the claims (``claims.py``): only the few records
-        that are claimed, or say 0, get their bytes rewritten.
+        that are claimed, or say 0, get their bytes rewritten. With ``memo`` (a runner's
+        sweep), only the records of the leaf directories that changed since its last pass.
         """
         moment = now()
         candidates = claim_candidates()
-        for leaf, ids in self._scan.leaves(after):
+        for leaf, ids in self._scan.leaves(after, memo):
             leaf_fd = self._scan.open_dir(leaf)
             if leaf_fd is None:
                 continue
