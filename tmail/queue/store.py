@@ -61,15 +61,19 @@ class QueueStore:
         self.layout = QueueLayout(root)
         for directory in self.layout.directories():
             fsutil.makedirs(directory)
-        self._create_message_dirs()
         self._ids = IdAllocator(self.layout.counter, block=id_block)
         self._dir_mutex = threading.Lock()
         self._known_dirs: set[Path] = set()
         self._scan = Scanner(self.layout)
         self._enqueuer = Enqueuer(self.layout, self._ids, self._ensure_dir, self._notify)
 
-    def _create_message_dirs(self) -> None:
-        """Create the 4,096 ``messages/`` leaves once; the last one created marks completion."""
+    def create_message_dirs(self) -> None:
+        """Create the 4,096 ``messages/`` leaves now (the last one created marks completion),
+        so that no enqueue pays for a ``mkdir``: the SMTP receiver does at start-up.
+
+        Otherwise a leaf is made by the first message that needs it (``enqueue.py``): a
+        store opened by a tool, a test or the API costs four directories, not 4,096.
+        """
         leaves = self.layout.message_dirs()
         if leaves[-1].is_dir():
             return
