@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -332,32 +333,44 @@ def _warm_up(port: int, sessions: int, keep_connection: bool) -> int:
     return sessions
 
 
-def accept_rate(workdir: Path, messages: int, sessions: int, *,
-                keep_connection: bool = True) -> float:
-    """Messages/s that Postfix accepts (250 after its fsync) with delivery discarded."""
+def accept_rates(workdir: Path, messages: int, levels: tuple[int, ...], *,
+                 keep_connection: bool = True) -> dict[int, float]:
+    """Messages/s that Postfix accepts (250 after its fsync) with delivery discarded, at each
+    session count, on one instance (warmed up before each count)."""
+    rates = {}
     with PrivatePostfix(workdir, "discard") as postfix:
-        _warm_up(postfix.port, sessions, keep_connection)
-        postfix.wait_queue_empty()
-        elapsed = run_smtp_source(postfix.port, messages, sessions, rcpt=RCPT,
-                                  keep_connection=keep_connection)
-        postfix.wait_queue_empty()
-    return messages / elapsed
+        for sessions in levels:
+            _warm_up(postfix.port, sessions, keep_connection)
+            postfix.wait_queue_empty()
+            elapsed = run_smtp_source(postfix.port, messages, sessions, rcpt=RCPT,
+                                      keep_connection=keep_connection)
+            postfix.wait_queue_empty()
+            rates[sessions] = messages / elapsed
+    return rates
 
 
-def relay_rate(workdir: Path, messages: int, sessions: int, *,
-                keep_connection: bool = True) -> float:
-    """End-to-end messages/s through Postfix to a loopback smtp-sink: from the start of the
-    sending until the sink has received the last message."""
+def relay_rates(workdir: Path, messages: int, levels: tuple[int, ...], *,
+                keep_connection: bool = True,
+                pickup: Callable[[int, SmtpSink, int], list[float]] | None = None,
+                ) -> tuple[dict[int, float], list[float]]:
+    """End-to-end messages/s through Postfix to a loopback smtp-sink at each session count,
+    on one instance: from the start of the sending until the sink has received the last
+    message. Then ``pickup(port, sink, received)`` (row 5) on the same instance, if given."""
+    rates, sent = {}, 0
     with SmtpSink() as sink, PrivatePostfix(workdir, "relay", sink.port) as postfix:
-        warm = _warm_up(postfix.port, sessions, keep_connection)
-        sink.wait_for(warm)
-        postfix.wait_queue_empty()
-        started = time.perf_counter()
-        run_smtp_source(postfix.port, messages, sessions, rcpt=RCPT,
-                                  keep_connection=keep_connection)
-        finished = sink.wait_for(warm + messages)
-        postfix.wait_queue_empty()
-    return messages / (finished - started)
+        for sessions in levels:
+            sent += _warm_up(postfix.port, sessions, keep_connection)
+            sink.wait_for(sent)
+            postfix.wait_queue_empty()
+            started = time.perf_counter()
+            run_smtp_source(postfix.port, messages, sessions, rcpt=RCPT,
+                            keep_connection=keep_connection)
+            sent += messages
+            finished = sink.wait_for(sent)
+            postfix.wait_queue_empty()
+            rates[sessions] = messages / (finished - started)
+        latencies = pickup(postfix.port, sink, sent) if pickup else []
+    return rates, latencies
 
 
 def virtual_rate(workdir: Path, messages: int, sessions: int = 20, *,
@@ -378,11 +391,12 @@ def virtual_rate(workdir: Path, messages: int, sessions: int = 20, *,
 def _one_round(base: Path, args: argparse.Namespace) -> dict[str, float]:
     keep = not args.new_connections
     rates = {DISK: disk_limit(base, args.disk_messages)}
-    for sessions in args.sessions:
-        rates[f"accept (discard), {sessions} sessions"] = accept_rate(
-            base / f"accept-{sessions}", args.messages, sessions, keep_connection=keep)
-    rates["relay to smtp-sink, 20 sessions"] = relay_rate(
-        base / "relay", args.relay_messages, 20, keep_connection=keep)
+    levels = tuple(args.sessions)
+    for sessions, rate in accept_rates(base / "accept", args.messages, levels,
+                                       keep_connection=keep).items():
+        rates[f"accept (discard), {sessions} sessions"] = rate
+    relay, _ = relay_rates(base / "relay", args.relay_messages, (20,), keep_connection=keep)
+    rates["relay to smtp-sink, 20 sessions"] = relay[20]
     rates["virtual to Maildir, 20 sessions"] = virtual_rate(
         base / "virtual", args.virtual_messages, 20, keep_connection=keep)
     return rates

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
+from typing import Any
 
 from queue_runner.pipe import PipeTransport
 from queue_runner.reports import AttemptReports
@@ -94,27 +95,34 @@ class Runner:
             return index == 0
 
     def sweep(self) -> list[Future[None]]:
-        """Start every due record of this runner's share and schedule the others.
+        """Start every due record of this runner's share and schedule the others."""
+        return self.take(self.owned(self.store.iter_raw_records()))
+
+    def owned(self, listing: Iterable[tuple[dict[str, Any], bytes]]) -> Iterator[Record]:
+        """The records of this runner's share in a listing (``iter_raw_records``).
 
         The parsed JSON is checked for the share before a :class:`Record` is built: each
         worker walks the whole queue, but builds only its own records.
         """
-        moment = now()
-        due: list[Record] = []
-        for parsed, _ in self.store.iter_raw_records():
+        for parsed, _ in listing:
             if not self.owns(str(parsed.get("Uuid", ""))):
                 continue
             try:
-                record = Record.from_json(parsed)
+                yield Record.from_json(parsed)
             except RecordError:
                 continue  # the store's scan checked it; a record rewritten meanwhile waits
-            if record.status == Status.HELD:
-                continue
+
+    def take(self, records: Iterable[Record]) -> list[Future[None]]:
+        """Start those of ``records`` that are due (or marked) and schedule the others; held
+        records wait for their release, which hints them."""
+        moment = now()
+        due = []
+        for record in records:
             if record.status in (Status.DISCARD, Status.BOUNCE) or (
-                record.next_delivery_at <= moment
+                record.status != Status.HELD and record.next_delivery_at <= moment
             ):
                 due.append(record)
-            else:
+            elif record.status != Status.HELD:
                 self.schedule.add(record.id, record.next_delivery_at.timestamp())
         return self.submit(due)
 
@@ -130,16 +138,7 @@ class Runner:
 
     def submit_ids(self, ids: Iterable[int]) -> list[Future[None]]:
         """Read these records and start those that are due; schedule the others again."""
-        moment = now()
-        due = []
-        for record in filter(None, map(self.store.get, dict.fromkeys(ids))):
-            if record.status in (Status.DISCARD, Status.BOUNCE) or (
-                record.status != Status.HELD and record.next_delivery_at <= moment
-            ):
-                due.append(record)
-            elif record.status != Status.HELD:
-                self.schedule.add(record.id, record.next_delivery_at.timestamp())
-        return self.submit(due)
+        return self.take(filter(None, map(self.store.get, dict.fromkeys(ids))))
 
     def run_once(self) -> int:
         """Deliver everything due now and wait for it (the cron driver).

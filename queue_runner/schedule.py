@@ -30,6 +30,10 @@ class Schedule:
         with self._lock:
             return len(self._due)
 
+    def __contains__(self, record_id: object) -> bool:
+        with self._lock:
+            return record_id in self._due
+
     def add(self, record_id: int, due: float) -> None:
         """Schedule ``record_id`` at ``due`` (Unix time), replacing any earlier entry."""
         with self._lock:

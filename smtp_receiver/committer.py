@@ -28,6 +28,7 @@ class GroupCommitter:
         if max_batch < 1 or max_pending < 1:
             raise ValueError(f"max_batch ({max_batch}) and max_pending ({max_pending}) "
                              "must be at least 1")
+        store.create_message_dirs()  # once per queue: no commit then pays for a mkdir
         self._store = store
         self._max_batch = max_batch
         self._max_pending = max_pending

@@ -246,6 +246,7 @@ class Enqueuer:
 
     def _link_raw(self, item: _Staged) -> None:
         fault_point("enqueue:raw-written")
+        self._ensure_dir(self.layout.message_dir(item.uuid))  # made durably if missing
         os.rename(item.raw.path, self.layout.message_raw(item.uuid))
 
     def _show_records(self, item: _Staged) -> None:

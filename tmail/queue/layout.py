@@ -14,8 +14,9 @@
 ``<a>`` is ``Id // 1,000,000`` and ``<b>`` is ``Id // 1,000 % 1,000``, both three digits, so a
 leaf directory never holds more than 2,000 entries and walking the tree in name order walks
 the records in ``Id`` order. ``<u0u1u2>`` are the first three hex digits of the Uuid: the
-4,096 directories are all created with the queue, so that enqueueing never pays for a
-``mkdir``, and hold about 250 messages each at a million messages.
+4,096 directories are all created by the SMTP receiver at start-up, so that accepting never
+pays for a ``mkdir`` (any other writer makes the one it needs), and hold about 250 messages
+each at a million messages.
 """
 
 from __future__ import annotations

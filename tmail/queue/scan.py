@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,11 @@ from tmail.queue.layout import QueueLayout, record_ids
 log = logging.getLogger("tmail.queue")
 
 _MAX_REMEMBERED = 10_000  # bounded: a queue full of foreign files must not grow memory
+
+# How old a directory's last change must be for a stamp of it to be trusted. Timestamps
+# come from the kernel's coarse clock (a tick, a few ms): a change in the same tick as the
+# one a stamp saw would leave the stamp as it was. A second is generous for any local disk.
+CLOCK_MARGIN = 1.0
 
 
 class Unreadable:
@@ -48,6 +54,60 @@ class Unreadable:
         )
 
 
+class LeafMemo:
+    """What one reader (a runner's sweep) saw of each leaf directory of ``records/``, so that
+    its next pass reads only the leaves something changed in.
+
+    Every change of a record goes through its directory: a record appears, is rewritten and
+    is removed by ``rename`` and ``unlink`` (docs/queue-format.md), and each of those moves
+    the directory's mtime and ctime. A leaf whose stamp (inode, mtime, ctime) is the one of
+    the last pass holds the records it held then, unchanged. A stamp is kept only once the
+    leaf has been read to the end (a pass cut short reads it again) and only if the leaf's
+    last change is older than :data:`CLOCK_MARGIN` (two changes within one clock tick could
+    leave one stamp). Editing a record in place, not by ``rename``, is not seen here.
+    """
+
+    def __init__(self) -> None:
+        self._stamps: dict[Path, tuple[int, int, int]] = {}
+        self._pending: dict[Path, tuple[int, int, int] | None] = {}
+        self._started = 0.0
+        self.read: set[Path] = set()  # leaves read in the current pass
+        self.present: set[Path] = set()  # leaves that exist in the current pass
+
+    def begin(self) -> None:
+        """Start a pass; stamps of leaves that are gone are dropped at :meth:`end`."""
+        self._started = time.time()
+        self._pending.clear()
+        self.read, self.present = set(), set()
+
+    def unchanged(self, leaf: Path) -> bool:
+        """Whether ``leaf`` is as the last pass read it (then the caller skips it)."""
+        self.present.add(leaf)
+        try:
+            info = os.stat(leaf)
+        except OSError:
+            return False  # the caller's own read reports it (or finds it gone)
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+        if self._stamps.get(leaf) == stamp:
+            return True
+        trusted = info.st_ctime < self._started - CLOCK_MARGIN
+        self._pending[leaf] = stamp if trusted else None
+        return False
+
+    def done(self, leaf: Path) -> None:
+        """``leaf`` has been read to the end in this pass."""
+        stamp = self._pending.pop(leaf, None)
+        if stamp is None:
+            self._stamps.pop(leaf, None)
+        else:
+            self._stamps[leaf] = stamp
+        self.read.add(leaf)
+
+    def end(self) -> None:
+        for leaf in [leaf for leaf in self._stamps if leaf not in self.present]:
+            del self._stamps[leaf]
+
+
 class Scanner:
     """Directory walks and small reads over one queue tree."""
 
@@ -72,19 +132,25 @@ class Scanner:
             key=lambda p: int(p.name),
         )
 
-    def leaves(self, after: int = 0) -> Iterator[tuple[Path, list[int]]]:
-        """Each leaf directory of ``records/`` with its record ids above ``after``, sorted."""
+    def leaves(self, after: int = 0,
+               memo: LeafMemo | None = None) -> Iterator[tuple[Path, list[int]]]:
+        """Each leaf directory of ``records/`` with its record ids above ``after``, sorted;
+        with ``memo``, only the leaves that changed since the memo's last pass."""
         for top in self.numeric_dirs(self.layout.records):
             if (int(top.name) + 1) * 1_000_000 <= after:
                 continue
             for leaf in self.numeric_dirs(top):
                 if int(top.name) * 1_000_000 + (int(leaf.name) + 1) * 1000 <= after:
                     continue
+                if memo is not None and memo.unchanged(leaf):
+                    continue
                 ids = record_ids([entry.name for entry in self.entries(leaf)])
                 if after:
                     ids = [record_id for record_id in ids if record_id > after]
                 if ids:
                     yield leaf, sorted(ids)
+                if memo is not None:  # not reached when the reader stops within the leaf
+                    memo.done(leaf)
 
     def open_dir(self, path: Path) -> int | None:
         try:

@@ -41,7 +41,7 @@ from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
 from tmail.queue.layout import UUID_PATTERN, QueueLayout, valid_id
 from tmail.queue.record import Record, RecordError, now, parse_record
-from tmail.queue.scan import Scanner
+from tmail.queue.scan import LeafMemo, Scanner
 from tmail.queue.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ class QueueStore:
         self.layout = QueueLayout(root)
         for directory in self.layout.directories():
             fsutil.makedirs(directory)
-        self._create_message_dirs()
         self._ids = IdAllocator(self.layout.counter, block=id_block)
         self._dir_mutex = threading.Lock()
         self._known_dirs: set[Path] = set()
@@ -71,8 +70,13 @@ class QueueStore:
         self._enqueuer = Enqueuer(self.layout, self._ids, self._ensure_dir, self._notify,
                                   default_node() if node is None else node)
 
-    def _create_message_dirs(self) -> None:
-        """Create the 4,096 ``messages/`` leaves once; the last one created marks completion."""
+    def create_message_dirs(self) -> None:
+        """Create the 4,096 ``messages/`` leaves now (the last one created marks completion),
+        so that no enqueue pays for a ``mkdir``: the SMTP receiver does at start-up.
+
+        Otherwise a leaf is made by the first message that needs it (``enqueue.py``): a
+        store opened by a tool, a test or the API costs four directories, not 4,096.
+        """
         leaves = self.layout.message_dirs()
         if leaves[-1].is_dir():
             return
@@ -202,7 +206,8 @@ class QueueStore:
             yield from ids
 
     def iter_raw_records(
-        self, record_filter: RecordFilter | None = None, *, after: int = 0
+        self, record_filter: RecordFilter | None = None, *, after: int = 0,
+        memo: LeafMemo | None = None,
     ) -> Iterator[tuple[dict[str, Any], bytes]]:
         """The fast path for listings and counts: (parsed JSON, file bytes) in ``Id`` order.
 
@@ -212,11 +217,12 @@ class QueueStore:
         between a listing in seconds and one in tens of them. Files are opened relative to
         their leaf directory (one path walk per thousand records). ``Status`` is the one
         :meth:`get` shows, derived from the claims (``claims.py``): only the few records
-        that are claimed, or say 0, get their bytes rewritten.
+        that are claimed, or say 0, get their bytes rewritten. With ``memo`` (a runner's
+        sweep), only the records of the leaf directories that changed since its last pass.
         """
         moment = now()
         candidates = claim_candidates()
-        for leaf, ids in self._scan.leaves(after):
+        for leaf, ids in self._scan.leaves(after, memo):
             leaf_fd = self._scan.open_dir(leaf)
             if leaf_fd is None:
                 continue
