@@ -176,6 +176,9 @@ def test_route_crud_and_the_password_never_comes_back(api: ApiServer) -> None:
              api.session.get(api.url("/routes")), api.session.get(api.url("/openapi.json"))]
     assert all(SECRET not in response.text for response in shown)
     assert all("uthPassword" not in response.text for response in shown[:3])
+    document = shown[3].json()["components"]["schemas"]
+    assert document["RouteCreate"]["properties"]["authPassword"]["writeOnly"] is True
+    assert "AuthPassword" not in document["Route"]["properties"]
     again = api.session.post(api.url("/routes"), json=body)
     assert again.status_code == 409
     assert SECRET not in again.text

@@ -117,3 +117,20 @@ def test_an_alias_added_with_the_cli_counts_at_the_next_rcpt(env: dict[str, str]
         assert tmail(env, "aliases", "add", "info@next.example", "x@remote.example"
                      ).returncode == 0
         assert client.command(b"RCPT TO:<info@next.example>").startswith(b"250")
+
+
+def test_sendmail_expands_aliases_as_the_receiver_does(env: dict[str, str]) -> None:
+    from tmail import config as tmail_config
+    from tmail.queue import QueueStore
+
+    assert tmail(env, "domains", "add", "cron.example").returncode == 0
+    assert tmail(env, "aliases", "add", "root@cron.example", "ops@remote.example",
+                 "--pipe", "/usr/bin/logger -t cron").returncode == 0
+    done = subprocess.run([sys.executable, "-m", "tmail", "sendmail", "Root@cron.example"],
+                          cwd=REPO, env=env, input=b"Subject: cron\n\nok\n", capture_output=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    store = QueueStore(tmail_config.load(env).queue_dir)
+    records = [r for r in store.iter_records() if r.orig_rcpt == "Root@cron.example"]
+    assert sorted((r.rcpt_to, r.transport) for r in records) == [
+        ("Root@cron.example", "pipe"), ("ops@remote.example", "")]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import email.utils
 import getpass
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tmail.message import (
     format_date,
@@ -16,7 +16,7 @@ from tmail.message import (
     prepend_header,
     split_headers,
 )
-from tmail.queue import QueueStore, Record
+from tmail.queue import QueueStore, Record, Target
 
 
 class SendmailError(ValueError):
@@ -63,11 +63,14 @@ def submit(
     hostname: str,
     caller_uid: int | None = None,
     caller_login: str | None = None,
+    resolve: Callable[[str], Sequence[Target]] | None = None,
 ) -> list[Record]:
     """Queue ``raw`` from a local program; returns its records.
 
     ``caller_uid``/``caller_login`` name who ran the command when this process has since
-    switched to the queue's owner (default: this process's own identity).
+    switched to the queue's owner (default: this process's own identity). ``resolve``
+    expands each recipient through the directory's aliases
+    (:meth:`tmail.directory.lookup.Directory.resolve`), as the SMTP receiver does.
     """
     uid = os.getuid() if caller_uid is None else caller_uid
     login = getpass.getuser() if caller_login is None else caller_login
@@ -92,4 +95,11 @@ def submit(
         "Received",
         f"by {hostname} (tmail, from local program uid {uid});\r\n\t{format_date()}",
     )
-    return store.enqueue(raw, envelope_from, rcpts, client_addr="local")
+    targets: list[str | Target] = list(rcpts)
+    if resolve is not None:
+        found: dict[tuple[str, str], Target] = {}
+        for rcpt in rcpts:
+            for target in resolve(rcpt):
+                found.setdefault((target.rcpt_to.lower(), target.pipe), target)
+        targets = list(found.values())
+    return store.enqueue(raw, envelope_from, targets, client_addr="local")

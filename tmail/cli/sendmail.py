@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tmail.address import Address
+from tmail.db import DatabaseUnavailable, open_database
+from tmail.directory.lookup import Directory
 from tmail.queue import QueueStore, QueueWriteError
 from tmail.sendmail import SendmailError, submit
 
@@ -26,10 +29,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     config = args.config
     raw = sys.stdin.buffer.read()
+    database = open_database(config)
+    directory = Directory(database, config)
+    postmaster = Address.parse(config.postmaster, allow_utf8=True) if config.postmaster else None
     try:
+        database.migrate()
         submit(QueueStore(config.queue_dir), raw, recipients=args.recipients,
                sender=args.sender, from_headers=args.from_headers, hostname=config.hostname,
-               caller_uid=args.caller.uid, caller_login=args.caller.login)
+               caller_uid=args.caller.uid, caller_login=args.caller.login,
+               resolve=lambda rcpt: directory.resolve(rcpt, postmaster))
+    except DatabaseUnavailable as exc:
+        print(f"sendmail: cannot expand aliases now: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     except SendmailError as exc:
         print(f"sendmail: {exc}", file=sys.stderr)
         return EX_USAGE

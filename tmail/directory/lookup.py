@@ -19,13 +19,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
 
-from tmail.address import Address
+from tmail.address import Address, AddressError
 from tmail.config import Config
 from tmail.db import Database, read_generation
 from tmail.directory import relayips
 from tmail.directory.aliases import alias_entry
-from tmail.directory.expansion import AliasEntry
+from tmail.directory.expansion import AliasEntry, ExpansionError, expand
 from tmail.directory.local import local_domains, relay_domains
+from tmail.queue import Target
 from tmail.users_table import users
 
 
@@ -65,6 +66,23 @@ class Directory:
         """The look-ups of one decision, on one connection and one snapshot."""
         with self.db.connect() as conn:
             yield Reader(conn, self.snapshot(conn))
+
+    def resolve(self, text: str, postmaster: Address | None = None) -> list[Target]:
+        """What a locally submitted recipient (``sendmail``) is queued for: the expansion of
+        an address in a local domain, else the address itself. Nobody is there to refuse
+        an unknown or looping address to: it is kept, and the runner bounces it to the
+        sender, as Postfix's sendmail does."""
+        try:
+            address = Address.parse(text, allow_utf8=True)
+        except AddressError:
+            return [Target(text, text)]  # the enqueue says what is wrong with it
+        with self.reading() as reader:
+            if reader.is_local(address):
+                try:
+                    return expand(address, reader, postmaster, given=text)
+                except ExpansionError:
+                    pass
+        return [Target(text, text)]
 
     def local_domains(self) -> frozenset[str]:
         """Every local domain (both forms): for the runner's local-or-remote choice."""
