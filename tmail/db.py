@@ -162,12 +162,18 @@ class Database:
         :func:`tmail.migrations.upgrade`). Every process calls it at start-up."""
         if self._migrated:
             return
-        from tmail import migrations
-
         if self.url.get_backend_name() == "sqlite":  # a new data dir: SQLite makes the file
             Path(self.url.database or "").parent.mkdir(parents=True, exist_ok=True)
-        with self.begin() as conn:
-            migrations.upgrade(conn)
+        alembic_log = logging.getLogger("alembic")  # its plugins, context and steps at INFO
+        level = alembic_log.level
+        alembic_log.setLevel(max(logging.WARNING, level))
+        try:
+            from tmail import migrations
+
+            with self.begin() as conn:
+                migrations.upgrade(conn)
+        finally:
+            alembic_log.setLevel(level)
         self._migrated = True
 
     def dispose(self) -> None:
