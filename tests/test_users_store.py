@@ -49,14 +49,6 @@ def test_many_processes_may_migrate_a_new_database_at_once(database_url: str) ->
     database.dispose()
 
 
-def test_sqlite_database_is_in_wal_mode(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'users.db'}")
-    database.migrate()
-    with database.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-
-
 @pytest.fixture
 def store(database: Database, tmp_path: Path) -> UserStore:
     users = UserStore(database, tmp_path / "mb", default_quota="1G")

@@ -7,6 +7,7 @@ every command is testable by calling ``main([...])``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,7 @@ from tmail import config as tmail_config
 from tmail.cli import queue, sendmail, users
 from tmail.cli.owner import EX_NOPERM, Caller, OwnerError, become_owner
 from tmail.config import ConfigError
+from tmail.db import DatabaseUnavailable
 
 COMMANDS = (users, queue, sendmail)
 
@@ -32,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tmail: configuration: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG
+    except DatabaseUnavailable as exc:  # temporary: a script may run the command again
+        print(f"tmail: {exc}", file=sys.stderr)
+        return os.EX_TEMPFAIL
     except OwnerError as exc:
         print(f"tmail: {exc}", file=sys.stderr)
         return EX_NOPERM

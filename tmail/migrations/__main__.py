@@ -1,8 +1,8 @@
 """``python -m tmail.migrations revision -m "..."``: Alembic's own commands, for developers.
 
 tmail applies its revisions by itself at start-up; this only gives the ``alembic`` command line
-the configuration that :func:`tmail.migrations.alembic_config` builds (and, for the commands
-that need a database, ``TMAIL_DATABASE_URL`` as tmail reads it).
+the configuration that :func:`tmail.migrations.alembic_config` builds, on the database that
+``TMAIL_DATABASE_URL`` names (migrated to the head first, as any tmail process would).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(options, "cmd"):
         cli.parser.error("too few arguments")
     database = Database(tmail_config.load().database)
+    database.migrate()  # at the head first, as tmail keeps it (and --autogenerate needs)
     with database.begin() as conn:
         config = alembic_config(conn)
         config.cmd_opts = options
