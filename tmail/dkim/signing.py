@@ -34,7 +34,8 @@ import dkim
 
 from tmail import fsutil
 from tmail.address import AddressError, parse_domain
-from tmail.db import Database, DatabaseUnavailable
+from tmail.config import Config
+from tmail.db import Database, DatabaseUnavailable, open_database
 from tmail.directory.lookup import Directory
 from tmail.dkim.keys import KeyStore, SigningKey
 from tmail.dkim.trust import is_trusted
@@ -141,3 +142,9 @@ def _write_signed(tmp_dir: Path, signature: bytes, message: mmap.mmap) -> Path:
         raise
     os.close(fd)
     return path
+
+
+def signer_for(config: Config) -> DkimSigner:
+    """The process's signer for the queue of ``config`` (its database, its directory)."""
+    database = open_database(config)
+    return DkimSigner(database, Directory(database, config))
