@@ -61,8 +61,9 @@ dkim_keys = Table(
     Index("dkim_keys_domain", "domain"),
 )
 
-_SELECTOR_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-SELECTOR = re.compile(rf"{_SELECTOR_LABEL}(?:\.{_SELECTOR_LABEL})*")
+_SELECTOR_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # stored in lower case
+SELECTOR_PATTERN = rf"^{_SELECTOR_LABEL}(?:\.{_SELECTOR_LABEL})*$"
+SELECTOR = re.compile(SELECTOR_PATTERN)
 MAX_SELECTOR = 63
 
 
