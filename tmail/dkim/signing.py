@@ -39,7 +39,7 @@ from tmail.db import Database, DatabaseUnavailable, open_database
 from tmail.directory.lookup import Directory
 from tmail.dkim.keys import KeyStore, SigningKey
 from tmail.dkim.trust import is_trusted
-from tmail.message import HEADER_LIMIT, parse_headers
+from tmail.message import HEADER_LIMIT, first_field, parse_headers
 from tmail.queue import Envelope, QueueWriteError
 from tmail.queue.spool import SpooledFile
 
@@ -54,10 +54,10 @@ _CHUNK = 1024 * 1024
 def from_domain(headers: bytes) -> str | None:
     """The A-label domain of the ``From:`` header, when there is one field whose addresses
     all share one domain (what DMARC aligns with); else ``None`` (nothing to sign for)."""
-    fields = parse_headers(headers).get_all("From") or []
-    if len(fields) != 1:
+    field = first_field(headers, "From")  # as sent (8-bit: an SMTPUTF8 address)
+    if field is None or len(parse_headers(headers).get_all("From") or []) != 1:
         return None
-    value = str(fields[0]).encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    value = field.decode("utf-8", "replace")
     domains = set()
     for _, address in email.utils.getaddresses([value]):
         local, at, domain = address.rpartition("@")
@@ -67,7 +67,9 @@ def from_domain(headers: bytes) -> str | None:
             domains.add(parse_domain(domain)[1])
         except AddressError:
             return None
-    return domains.pop() if len(domains) == 1 else None
+    if len(domains) != 1 or next(iter(domains)).startswith("["):  # a literal has no key
+        return None
+    return domains.pop()
 
 
 def signed_headers(headers: bytes) -> list[bytes]:
