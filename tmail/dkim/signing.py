@@ -11,9 +11,10 @@ key; ``d=`` is that domain (DMARC alignment), the selector its newest key's. Hea
 added ``From:`` breaks the signature); canonicalisation relaxed/relaxed.
 
 Memory: dkimpy's ``DKIM`` takes the message as one bytes-like object. It gets the spool file
-``mmap``ed (no copy read into memory), but splits and canonicalises the body in memory, about
-three times its size at the peak. The receiver signs in its single commit thread, so that one
-process signs one message at a time: the peak is bounded by three ``TMAIL_MAX_MESSAGE_SIZE``.
+``mmap``ed (no copy read into memory), but splits and canonicalises the body in memory: 3.6
+times its size at the peak (73 MiB of allocations for a 20 MiB message, by tracemalloc). The
+receiver signs in its single commit thread, so that one process signs one message at a time:
+the peak is bounded by about four ``TMAIL_MAX_MESSAGE_SIZE``, and only for trusted mail.
 The signed file is the header and then the spool's bytes, written from the mapping.
 """
 
