@@ -130,7 +130,9 @@ def test_an_unexpected_error_answers_451_and_the_session_goes_on(
             assert client.command(b"MAIL FROM:<a@x.org>").startswith(b"250")
             for suffix in ("-wal", "-shm"):
                 Path(f"{config_db}{suffix}").unlink(missing_ok=True)
-            config_db.write_bytes(b"this is not a database" * 1000)
+            broken = config_db.with_name("broken.db")  # put in place as a restore would:
+            broken.write_bytes(b"this is not a database" * 1000)  # a new file, not the
+            broken.replace(config_db)  # open one written over under SQLite's feet
             reply = client.command(b"RCPT TO:<someone@" + LOCAL.encode() + b">")
             assert reply.startswith(b"451 4.3.0"), reply
             assert client.command(b"NOOP").startswith(b"250")
