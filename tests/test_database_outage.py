@@ -46,8 +46,9 @@ def stopped(postgres: PostgresServer) -> Iterator[None]:
 @pytest.fixture
 def outage(engine: str, database: Database, request: pytest.FixtureRequest) -> Iterator[Outage]:
     """How the test's database goes away and comes back on each engine. SQLite: its file
-    replaced by a directory (a connection opened then cannot use it); PostgreSQL: the server
-    stopped, then started again on the same port."""
+    replaced by a directory (SQLite cannot open it); PostgreSQL: the server
+    stopped, then started again on the same port. Pooled connections stay open meanwhile
+    (a SQLite one is given up because the file it opened is gone)."""
     if engine == "postgresql":
         postgres: PostgresServer = request.getfixturevalue("postgres")
         yield Outage(postgres.stop, postgres.start)
@@ -58,7 +59,6 @@ def outage(engine: str, database: Database, request: pytest.FixtureRequest) -> I
     away = path.with_name("users.db.away")
 
     def down() -> None:
-        database.dispose()  # an open connection keeps the old file: the test opens new ones
         path.rename(away)
         path.mkdir()
 

@@ -103,3 +103,22 @@ def test_sqlite_is_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+
+
+def test_a_sqlite_file_replaced_under_running_processes_is_read_at_once(tmp_path: Path) -> None:
+    """An admin restores users.db from a backup (``mv backup.db users.db``): SQLite's open
+    connections would go on reading the old, unlinked file; the pool gives them up."""
+    live, backup = tmp_path / "users.db", tmp_path / "backup" / "users.db"
+    store = UserStore(Database(f"sqlite:///{live}"), tmp_path / "mb")
+    store.database.migrate()
+    store.create("alice@example.org", "password1")
+    restored = Database(f"sqlite:///{backup}")
+    restored.migrate()
+    UserStore(restored, tmp_path / "mb").create("bob@example.org", "password1")
+    restored.dispose()  # a backup is a closed file, checkpointed
+    assert store.get("alice@example.org") is not None  # a connection is pooled now
+    backup.rename(live)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{live}{suffix}").unlink(missing_ok=True)
+    assert store.get("bob@example.org") is not None
+    assert store.get("alice@example.org") is None

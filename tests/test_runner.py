@@ -549,7 +549,6 @@ def test_an_unexpected_error_of_an_attempt_defers_the_record_with_a_backoff(
     for path in config.users_db.parent.glob(config.users_db.name + "*"):  # with -wal, -shm
         path.unlink()
     config.users_db.write_bytes(b"this is not a database" * 1000)
-    users.database.dispose()  # pooled connections would go on reading the unlinked file
     assert runner.run_once() == 1
     deferred = store.get(record.id)
     assert deferred.status == Status.SCHEDULED and deferred.delivery_failed_count == 1

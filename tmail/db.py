@@ -69,6 +69,8 @@ DIRECTORY = "directory"
 # PostgreSQL: a few connections per process are enough (a gunicorn thread, a receiver's
 # executor thread or a runner's delivery thread each holds one for one statement or two).
 _POOL = {"pool_size": 2, "max_overflow": 8, "pool_timeout": 10, "pool_recycle": 1800}
+_PG_CONNECT = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 30,
+               "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 30_000}
 _SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
@@ -186,16 +188,43 @@ def _create_engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
         engine = create_engine(url, pool_pre_ping=True,
                                connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
-        event.listen(engine, "connect", _sqlite_connected)
+        _watch_sqlite_file(engine, url.database or "")
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    connect_args: dict[str, Any] = {}
-    if "connect_timeout" not in url.query:  # an unreachable host must not hang a RCPT
-        connect_args["connect_timeout"] = 5
+    # An unreachable host must not hang a RCPT: a bound on connecting, and TCP keepalives
+    # and a user timeout, so that a pooled connection to a host gone silent fails in
+    # seconds instead of the kernel's quarter of an hour. Settings in the URL win.
+    connect_args = {key: value for key, value in _PG_CONNECT.items() if key not in url.query}
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **_POOL)
 
 
-def _sqlite_connected(dbapi_connection: Any, _record: object) -> None:
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _watch_sqlite_file(engine: Engine, path: str) -> None:
+    """Settings on each new connection, and a pooled connection given up when the file
+    was replaced or removed since it was opened (SQLite would go on reading
+    the old inode: a users.db restored from a backup must be seen by every process at once).
+    Raising ``DisconnectionError`` at checkout is the pool's own way to get a new one."""
+
+    def connected(dbapi_connection: Any, record: Any) -> None:
+        _sqlite_settings(dbapi_connection)
+        record.info["tmail_file"] = _file_identity(path)
+
+    def checkout(_dbapi_connection: Any, record: Any, _proxy: object) -> None:
+        if _file_identity(path) != record.info.get("tmail_file"):
+            raise sa_exc.DisconnectionError(f"{path} was replaced or removed")
+
+    event.listen(engine, "connect", connected)
+    event.listen(engine, "checkout", checkout)
+
+
+def _sqlite_settings(dbapi_connection: Any) -> None:
     """WAL (readers never block the writer; Dovecot reads the same file), a busy timeout,
     foreign keys enforced, and transactions begun by us (:func:`_sqlite_begin`): the
     sqlite3 module's own implicit ``BEGIN`` is deferred and comes too late for DDL."""
