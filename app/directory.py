@@ -48,7 +48,7 @@ class DirectoryStores:
     @classmethod
     def build(cls, config: Config) -> DirectoryStores:
         database = open_database(config)
-        database.migrate()  # once per process (what the users store does as well)
+        database.start()  # migrated once per process, at start-up or at first use
         return cls(DomainStore(database), AliasStore(database, config.local_domains),
                    RelayNetworkStore(database), RouteStore(database, config))
 

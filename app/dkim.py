@@ -22,7 +22,7 @@ _key = DkimKeySchema()
 
 def init_app(app: Flask, config: Config) -> None:
     database = open_database(config)
-    database.migrate()  # once per process
+    database.start()  # migrated once per process, at start-up or at first use
     app.extensions["tmail.dkim"] = KeyStore(database, config.local_domains)
     app.register_blueprint(bp)
 

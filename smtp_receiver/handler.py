@@ -75,7 +75,7 @@ class ReceiverHandler:
         self.counters = counters or Counters(config.metrics_db)
         self.store = store
         database = open_database(config)
-        database.migrate()  # once per process
+        database.start()  # migrated once per process, at start-up or at first use
         self.policy = RecipientPolicy(config, Directory(database, config))
         if not config.postmaster:
             log.warning("TMAIL_POSTMASTER is not set: postmaster@ a local domain without an "

@@ -167,6 +167,36 @@ def test_the_receiver_answers_451_at_rcpt_and_auth_while_postgresql_is_stopped(
     assert "Traceback" not in receiver.log.read_text()
 
 
+def test_a_receiver_started_while_postgresql_is_stopped_answers_451_then_serves(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Started during an outage, on a database never migrated: it must not crash-loop (one
+    traceback per restart); it answers like a receiver whose database went away later, and
+    migrates and serves once the server is back."""
+    env = tmail_env(tmp_path, TMAIL_SMTP_AUTH_REQUIRE_TLS="false",
+                    TMAIL_DATABASE_URL=postgres.url(postgres.create_database()))
+    with stopped(postgres):
+        receiver = start_receiver(env, tmp_path / "receiver.log")
+        try:
+            with receiver.smtp() as client:
+                client.ehlo()
+                assert client.docmd("MAIL", "FROM:<s@sender.test>")[0] == 250
+                assert client.docmd("RCPT", f"TO:<bob@{LOCAL}>")[0] == 451
+        except BaseException:
+            stop(receiver.process)
+            raise
+    try:
+        add_users(env)
+        with receiver.smtp() as client:  # the same receiver, no restart
+            client.login(f"alice@{LOCAL}", "password1")
+            assert client.sendmail("s@sender.test", [f"bob@{LOCAL}"],
+                                   b"Subject: x\r\n\r\nhi\r\n") == {}
+    finally:
+        stop(receiver.process)
+    log = receiver.log.read_text()
+    assert "Traceback" not in log and "starting without the database" in log
+
+
 def test_the_runner_defers_a_local_delivery_while_postgresql_is_stopped(
     postgres: PostgresServer, tmp_path: Path
 ) -> None:

@@ -149,12 +149,14 @@ class Database:
         On SQLite it starts with ``BEGIN IMMEDIATE``: the write lock is taken first, so that
         two writers queue on the busy timeout instead of one failing when it upgrades.
         """
+        self._ensure_migrated()
         with _translated(self.url), self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
         """A connection for reads: each statement sees what was committed before it."""
+        self._ensure_migrated()
         with _translated(self.url), self.engine.connect() as conn:
             conn.execution_options(**self._read_options)
             yield conn
@@ -172,11 +174,29 @@ class Database:
         try:
             from tmail import migrations
 
-            with self.begin() as conn:
+            with _translated(self.url), self.engine.begin() as conn:
                 migrations.upgrade(conn)
         finally:
             alembic_log.setLevel(level)
         self._migrated = True
+
+    def start(self) -> None:
+        """Migrate at a long-running process's start-up if the database is there; if it is
+        not, say so in one line and leave the migration to the first use.
+
+        A receiver, runner or API worker started during an outage must not crash-loop with
+        a traceback each time: it starts, answers 451 / 503 / defers like a process whose
+        database went away later, and is at the newest schema before its first query.
+        """
+        try:
+            self.migrate()
+        except DatabaseUnavailable as error:
+            log.warning("starting without the database, which will be migrated at first "
+                        "use: %s", error)
+
+    def _ensure_migrated(self) -> None:
+        if not self._migrated:
+            self.migrate()  # DatabaseUnavailable while the server is still away
 
     def dispose(self) -> None:
         """Close the pooled connections (tests, and a process that is done with them)."""

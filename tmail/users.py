@@ -278,9 +278,10 @@ class UserStore:
 
 
 def open_store(config: Config) -> UserStore:
-    """The users store of this process: its database opened and migrated (start-up)."""
+    """The users store of this process: its database opened and migrated (at start-up, or at
+    first use if the database is away now: :meth:`Database.start`)."""
     database = open_database(config)
-    database.migrate()
+    database.start()
     return UserStore(database, config.mailboxes_dir, config.default_quota)
 
 
