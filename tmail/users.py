@@ -277,11 +277,15 @@ class UserStore:
             return _one(conn, query.where(users.c.active == "Y") if active else query)
 
 
-def open_store(config: Config) -> UserStore:
-    """The users store of this process: its database opened and migrated (at start-up, or at
-    first use if the database is away now: :meth:`Database.start`)."""
+def open_store(config: Config, lazy: bool = True) -> UserStore:
+    """The users store of this process: its database opened and migrated (at start-up, or,
+    for a server while the database is away, at first use: :meth:`Database.start`). A
+    command (``lazy`` False) gets DatabaseUnavailable at once instead."""
     database = open_database(config)
-    database.start()
+    if lazy:
+        database.start()
+    else:
+        database.migrate()
     return UserStore(database, config.mailboxes_dir, config.default_quota)
 
 

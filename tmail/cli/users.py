@@ -11,7 +11,8 @@ from tmail.users import InvalidLogin, UserError, UserStore, open_store
 
 
 def _store(args: argparse.Namespace) -> UserStore:
-    return open_store(args.config)
+    """A command, unlike a server, stops at once (EX_TEMPFAIL) when the database is away."""
+    return open_store(args.config, lazy=False)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
