@@ -10,7 +10,8 @@ connection per message) and the same loopback sink (smtp-sink), so their ratio m
 something on a shared, noisy machine where absolute figures do not. Rows 6 (a big deferred
 queue under the daemon runner, ``bench.deferred``) and 4 (the API, on that same queue)
 follow, then row 7 (the receiver's memory under 50 big messages at once,
-``bench.smtp_memory``). The table is printed and written into docs/benchmarks.md. Needs
+``bench.smtp_memory``), then the users store on SQLite and PostgreSQL (``bench.users_db``,
+a private cluster of the tests' kind). The table is printed and written into docs/benchmarks.md. Needs
 root (Postfix's master runs as root); installs Postfix through scripts/apt-ensure when it is
 missing. Traffic: 127.0.0.1 only.
 """
@@ -30,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench import api_queue, deferred, postfix, smtp_memory
+from bench import api_queue, deferred, postfix, smtp_memory, users_db
 from bench.smtp_tools import SmtpSink, disk_limit, ensure_postfix_installed, run_smtp_source
 from bench.tmail_procs import REPO, tmail
 
@@ -422,6 +423,9 @@ def main() -> int:
         mark = time.monotonic()
         memory = memory_figures()
         times["memory"] = time.monotonic() - mark
+        mark = time.monotonic()
+        users = users_db.section(users=args.users)  # both engines (issue 14)
+        times["users"] = time.monotonic() - mark
     finally:
         mark = time.monotonic()
         remove_tree(base)
@@ -433,11 +437,14 @@ def main() -> int:
         f"medians of {args.rounds} rounds, {time.monotonic() - started:.0f} s in all (rows 4 "
         f"and 6 {times['queue']:.0f} s, of which {queue['fill']:.0f} s filling the queue and "
         f"{times['queue cleanup']:.0f} s removing it; "
-        f"rounds {times['rounds']:.0f} s; row 7 {times['memory']:.0f} s; removing the files "
+        f"rounds {times['rounds']:.0f} s; row 7 {times['memory']:.0f} s; users store on "
+        f"SQLite and PostgreSQL {times['users']:.0f} s; removing the files "
         f"{times['cleanup']:.0f} s); load average {load_before:.1f} before, up to "
         f"{load.stop():.1f} during, {os.getloadavg()[0]:.1f} after.",
         "",
         table(rounds, api, queue, memory, args),
+        "",
+        users,
     ])
     print(text)
     if not args.no_write:
