@@ -11,7 +11,8 @@ something on a shared, noisy machine where absolute figures do not. Rows 6 (a bi
 queue under the daemon runner, ``bench.deferred``) and 4 (the API, on that same queue)
 follow, then row 7 (the receiver's memory under 50 big messages at once,
 ``bench.smtp_memory``), then the users store on SQLite and PostgreSQL (``bench.users_db``,
-a private cluster of the tests' kind). The table is printed and written into docs/benchmarks.md. Needs
+a private cluster of the tests' kind). The table is printed and written into
+docs/benchmarks.md. Needs
 root (Postfix's master runs as root); installs Postfix through scripts/apt-ensure when it is
 missing. Traffic: 127.0.0.1 only.
 """
