@@ -9,10 +9,10 @@ may only send as themselves: the envelope sender and every address of ``From:`` 
 owned by the login (Postfix's ``reject_sender_login_mismatch``).
 
 Who owns an address is the directory's answer (:func:`owns`): the login itself, or an address
-whose delivery reaches the login (an alias, a domain alias, a mini-list the user is on, the
-catch-all of a domain for the addresses no one else has), which is how Postfix sites build
-``smtpd_sender_login_maps`` from their virtual alias maps: whoever receives an address may
-send as it.
+whose alias expansion names the login (an alias, nested ones, a domain alias, a mini-list the
+user is on), which is how Postfix sites build ``smtpd_sender_login_maps`` from their virtual
+alias maps: whoever an alias delivers to may send as it. A domain's catchall user does not
+own the addresses it catches: those are strays (typos, guesses), not addresses of its own.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from tmail.address import Address, AddressError
 from tmail.config import Config, HostPort
 from tmail.db import DatabaseUnavailable
-from tmail.directory.expansion import ExpansionError, expand
+from tmail.directory.expansion import ExpansionError, Lookup, expand
 from tmail.directory.lookup import Directory
 from tmail.text import printable
 from tmail.users import login_key
@@ -60,20 +60,16 @@ def listeners(config: Config) -> list[Listener]:
     return found
 
 
-def owns(directory: Directory, login: str, address: Address,
-         postmaster: Address | None = None) -> bool:
-    """``login`` may send as ``address``. Blocking (database look-ups): call it from a
-    worker thread; raises :class:`tmail.db.DatabaseUnavailable`."""
-    key = login_key(login)
+def owns(lookup: Lookup, key: str, address: Address, postmaster: Address | None = None) -> bool:
+    """The login whose :func:`tmail.users.login_key` is ``key`` may send as ``address``."""
     if address.key == key:
         return True
-    with directory.reading() as reader:
-        if not reader.is_local(address):
-            return False  # nobody here receives it: it belongs to nobody here
-        try:
-            targets = expand(address, reader, postmaster)
-        except ExpansionError:
-            return False
+    if not lookup.is_local(address):
+        return False  # nobody here receives it: it belongs to nobody here
+    try:
+        targets = expand(address, lookup, postmaster)
+    except ExpansionError:
+        return False
     return any(not target.pipe and login_key(target.rcpt_to) == key for target in targets)
 
 
@@ -102,9 +98,16 @@ class SenderRules:
         return NOT_OWNED if addresses is None else self._check(login, addresses)
 
     def _check(self, login: str, addresses: Iterable[Address]) -> str | None:
+        """One connection for all of them, each distinct address once (a ``From:`` of a
+        thousand copies costs one look-up)."""
+        key = login_key(login)
+        unique = {address.key: address for address in addresses}
+        if all(found == key for found in unique):
+            return None  # the common case: the login itself, no database needed
         try:
-            owned = all(owns(self._directory, login, address, self._postmaster)
-                        for address in addresses)
+            with self._directory.reading() as reader:
+                owned = all(owns(reader, key, address, self._postmaster)
+                            for address in unique.values())
         except DatabaseUnavailable as exc:
             log.warning("sender check for %s: %s", printable(login), exc)
             return LOOKUP_FAILED

@@ -22,14 +22,18 @@ from pathlib import Path
 
 import pytest
 
+from smtp_receiver.submission import SenderRules
 from tests.conftest import REPO, free_port, stop, tmail_env, wait_until
 from tests.sink import Sink
 from tests.smtp_helpers import Receiver, start_receiver
 from tmail import config as tmail_config
-from tmail.config import ConfigError
-from tmail.db import open_database
+from tmail.address import Address
+from tmail.config import Config, ConfigError
+from tmail.db import Database, open_database
 from tmail.directory.aliases import AliasStore
-from tmail.users import open_store
+from tmail.directory.domains import DomainStore
+from tmail.directory.lookup import Directory
+from tmail.users import UserStore, open_store
 
 DOMAIN = "sub.test"
 ALICE, BOB = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
@@ -296,6 +300,89 @@ def test_swaks_without_auth_gets_530(stack: Stack, swaks: str) -> None:
         capture_output=True, text=True, timeout=60)
     assert "530 5.7.0 Authentication required" in done.stdout, done.stdout[-3000:]
     assert done.returncode != 0
+
+
+# --- who owns an address: the directory's answer ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rules(engine: str, request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[SenderRules]:
+    """A directory on each engine (one per module: the checks only read it): alice and bob
+    in sub.test, carol the catchall of catch.test, old.test a local domain aliased to
+    sub.test, postmaster@ to alice."""
+    tmp_path = tmp_path_factory.mktemp("owners")
+    if engine == "sqlite":
+        url = f"sqlite:///{tmp_path / 'users.db'}"
+    else:
+        postgres = request.getfixturevalue("postgres")
+        url = postgres.url(postgres.create_database())
+    database = Database(url)
+    database.migrate()
+    config = Config(data_dir=tmp_path, mailboxes_dir=tmp_path / "mailboxes",
+                    postmaster=ALICE)
+    users = UserStore(database, config.mailboxes_dir)
+    users.create(ALICE, PASSWORD, have_mailbox=True)
+    users.create(BOB, PASSWORD, have_mailbox=True)
+    users.create("carol@catch.test", PASSWORD, have_mailbox=True, is_catchall=True)
+    users.create("relay-app", PASSWORD, auth_relay=True)
+    DomainStore(database).create("old.test", local=True)
+    aliases = AliasStore(database)
+    aliases.create(ALIAS, [ALICE, BOB])
+    aliases.create(BOBS_ALIAS, [BOB])
+    aliases.create(f"team@{DOMAIN}", [ALIAS])  # nested
+    aliases.create(f"list@{DOMAIN}", [ALICE, REMOTE], mini_list=True)
+    aliases.create(f"bot@{DOMAIN}", pipe="/usr/bin/true")
+    aliases.create("@old.test", [f"@{DOMAIN}"])
+    yield SenderRules(config, Directory(database, config))
+    database.dispose()
+
+
+@pytest.mark.parametrize(("login", "sender", "owned"), [
+    (ALICE, ALICE, True),
+    (ALICE, "ALICE@Sub.Test", True),  # logins and addresses are case-insensitive
+    (ALICE, ALIAS, True),  # an alias to alice (and bob)
+    (BOB, ALIAS, True),
+    (ALICE, f"team@{DOMAIN}", True),  # an alias to that alias
+    (ALICE, f"list@{DOMAIN}", True),  # a mini-list alice is on
+    (ALICE, "alice@old.test", True),  # a domain alias to her domain
+    (ALICE, f"postmaster@{DOMAIN}", True),  # TMAIL_POSTMASTER
+    # the catchall receives strays (typos, guesses): that is no address of hers to send as
+    ("carol@catch.test", "anything@catch.test", False),
+    (ALICE, BOB, False),
+    (ALICE, BOBS_ALIAS, False),
+    (ALICE, f"bot@{DOMAIN}", False),  # a command, nobody's mailbox
+    (ALICE, f"nobody@{DOMAIN}", False),
+    (ALICE, "anything@catch.test", False),
+    (ALICE, REMOTE, False),  # not ours at all
+    (BOB, "alice@old.test", False),
+    ("relay-app", "relay-app@sub.test", False),  # a relay-only name owns no address
+])
+def test_a_user_owns_their_login_and_what_the_directory_delivers_to_them(
+        rules: SenderRules, login: str, sender: str, owned: bool) -> None:
+    expected = None if owned else "553 5.7.1 Sender address rejected: not owned by user"
+    assert rules.check_envelope(login, Address.parse(sender)) == expected
+    assert rules.check_from(login, [f"Someone <{sender}>".encode()]) == expected
+
+
+@pytest.mark.parametrize(("values", "owned"), [
+    ([], True),  # no From: nothing claimed
+    ([b"alice@sub.test"], True),
+    ([b"=?utf-8?q?Alic=C3=A9?= <alice@sub.test>, info@sub.test"], True),
+    (["Alicé <alice@sub.test>".encode()], True),  # RFC 6532 UTF-8 display name
+    ([b"alice@sub.test", b"bob@sub.test"], False),
+    ([b"Alice <alice@sub.test>, Bob <bob@sub.test>"], False),
+    ([b"undisclosed:;"], False),  # no address to own
+    ([b"Alice"], False),
+    ([b"\xff <alice@sub.test>"], False),  # not UTF-8
+])
+def test_every_from_address_must_be_owned(rules: SenderRules, values: list[bytes],
+                                          owned: bool) -> None:
+    assert (rules.check_from(ALICE, values) is None) == owned
+
+
+def test_the_null_sender_is_allowed(rules: SenderRules) -> None:
+    assert rules.check_envelope(ALICE, None) is None
 
 
 # --- settings -------------------------------------------------------------------------------
