@@ -25,9 +25,9 @@ JSON = "application/json"
 _REASONS = {
     400: "Malformed JSON body or bad query parameter.",
     401: "Missing or wrong admin credentials.",
-    404: "No such user, message or directory entry.",
+    404: "No such user, message, directory entry or DKIM key (or the domain is not local).",
     409: "The operation does not apply to this message in its current state, or the "
-         "directory entry exists already or is still in use.",
+         "directory entry (or DKIM selector) exists already or is still in use.",
     422: "Invalid fields: `raw` names each field and why.",
     429: "Too many failed sign-ins from this client IP: wait `Retry-After` seconds.",
 }
@@ -191,6 +191,30 @@ def _directory(spec: APISpec) -> None:
     })
 
 
+_DOMAIN = {"in": "path", "name": "domain", "required": True,
+           "schema": {"type": "string", "minLength": 1, "pattern": r"^[^/]+$"},
+           "example": "example.org", "description": "A local domain."}
+
+
+def _dkim(spec: APISpec) -> None:
+    spec.path("/dkim", operations={"get": _operation(
+        "Every DKIM key (public halves), each domain's active one first.",
+        {200: _json("DkimKey", "The keys.", many=True)})})
+    create = _operation(
+        "Make a key pair for a local domain (RSA 2048 or Ed25519); it signs from now on "
+        "(a rotation: older keys stay listed). The private key never leaves the server.",
+        {201: _json("DkimKey", "The new key; publish DnsValue at DnsName.")},
+        (400, 404, 409, 422), body=schemas.DkimCreateSchema, path=_DOMAIN)
+    create["requestBody"]["required"] = False  # both fields have defaults
+    spec.path("/dkim/{domain}", operations={
+        "get": _operation("The key the domain's mail is signed with, and its DNS record.",
+                          {200: _json("DkimKey", "The active key.")}, (404,), path=_DOMAIN),
+        "post": create,
+        "delete": _operation("Delete the domain's keys: its mail is no longer signed.",
+                             {204: {"description": "Deleted."}}, (404,), path=_DOMAIN),
+    })
+
+
 def _service(spec: APISpec) -> None:
     spec.path("/ping", operations={"get": _operation(
         "Health check.", {200: _json({"type": "object", "properties": {
@@ -222,11 +246,12 @@ def build_spec() -> dict[str, Any]:
                          ("Error", schemas.ErrorSchema),
                          ("Domain", schemas.DomainSchema), ("Alias", schemas.AliasSchema),
                          ("RelayNetwork", schemas.RelayNetworkSchema),
-                         ("Route", schemas.RouteSchema)):
+                         ("Route", schemas.RouteSchema), ("DkimKey", schemas.DkimKeySchema)):
         spec.components.schema(name, schema=schema)
     _users(spec)
     _queue(spec)
     _directory(spec)
+    _dkim(spec)
     _service(spec)
     return spec.to_dict()
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from tmail.dkim.keys import MAX_SELECTOR, SELECTOR_PATTERN
 from tmail.queue import Status
 from tmail.queue.layout import MAX_ID
 from tmail.quota import parse_quota
@@ -286,3 +287,40 @@ class RouteSchema(Schema):
     AllowPlaintextAuth = fields.Boolean(attribute="allow_plaintext_auth", required=True)
     Bootstrap = fields.Function(lambda route: route.id is None, required=True,
                                 metadata={"type": "boolean"})
+
+
+# --- DKIM keys: never a private key, in a body, a response or an example -----------------------
+
+
+class DkimCreateSchema(Schema):
+    """Body of ``POST /dkim/DOMAIN`` (may be empty): RSA 2048 and a dated selector unless
+    said otherwise."""
+
+    class Meta:
+        unknown = RAISE
+
+    algorithm = fields.String(load_default="rsa", validate=validate.OneOf(["rsa", "ed25519"]))
+    selector = fields.String(load_default=None, validate=[
+        validate.Length(min=1, max=MAX_SELECTOR), validate.Regexp(SELECTOR_PATTERN)],
+        metadata={"description": "DNS labels; default tmailYYYYMM (tmailYYYYMMDD if taken)."})
+
+
+class DkimKeySchema(Schema):
+    """A DKIM key as anyone may see it: the public half and the TXT record to publish."""
+
+    Domain = fields.String(attribute="domain", required=True)
+    Selector = fields.String(attribute="selector", required=True)
+    Algorithm = fields.String(attribute="algorithm", required=True,
+                              validate=validate.OneOf(["rsa-sha256", "ed25519-sha256"]),
+                              metadata={"description": "The signatures' a= tag."})
+    PublicKey = fields.String(attribute="public_key", required=True,
+                              metadata={"description": "Base64, the record's p= value."})
+    DnsName = fields.String(attribute="dns_name", required=True,
+                            metadata={"description": "<selector>._domainkey.<domain>"})
+    DnsValue = fields.String(attribute="dns_value", required=True, metadata={
+        "description": "The TXT record, ready to paste (255-octet quoted strings when "
+                       "longer)."})
+    CreatedAt = fields.DateTime(attribute="created_at", required=True)
+    Active = fields.Boolean(attribute="active", required=True, metadata={
+        "description": "The domain's newest key, the one mail is signed with; older ones "
+                       "stay listed (and in DNS) until the domain's keys are deleted."})

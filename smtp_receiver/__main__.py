@@ -25,6 +25,7 @@ from smtp_receiver.server import serve, tls_context
 from smtp_receiver.submission import listeners
 from tmail import config as tmail_config
 from tmail import workers
+from tmail.dkim.signing import signer_for
 from tmail.process import start
 from tmail.queue import QueueStore
 from tmail.tls import ensure_certificate
@@ -34,7 +35,8 @@ log = logging.getLogger("smtp_receiver")
 
 
 async def run(config: tmail_config.Config) -> None:
-    store = QueueStore(config.queue_dir, id_block=64, node=config.node)
+    store = QueueStore(config.queue_dir, id_block=64, node=config.node,
+                       signer=signer_for(config))
     committer = GroupCommitter(store)
     users = open_store(config)
     handler = ReceiverHandler(config, users, store, committer)

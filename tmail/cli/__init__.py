@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from tmail import config as tmail_config
-from tmail.cli import aliases, domains, queue, relayips, routes, sendmail, users
+from tmail.cli import aliases, dkim, domains, queue, relayips, routes, sendmail, users
 from tmail.cli.owner import EX_NOPERM, Caller, OwnerError, become_owner
 from tmail.config import ConfigError
 from tmail.db import DatabaseUnavailable
 from tmail.directory.errors import DirectoryError
 
-COMMANDS = (users, domains, aliases, relayips, routes, queue, sendmail)
+COMMANDS = (users, domains, aliases, relayips, routes, dkim, queue, sendmail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

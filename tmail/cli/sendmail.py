@@ -8,6 +8,7 @@ import sys
 from tmail.address import Address
 from tmail.db import DatabaseUnavailable, open_database
 from tmail.directory.lookup import Directory
+from tmail.dkim.signing import DkimSigner
 from tmail.queue import QueueStore, QueueWriteError
 from tmail.sendmail import SendmailError, submit
 
@@ -34,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     postmaster = Address.parse(config.postmaster, allow_utf8=True) if config.postmaster else None
     try:
         database.migrate()
-        submit(QueueStore(config.queue_dir, node=config.node), raw, recipients=args.recipients,
+        store = QueueStore(config.queue_dir, node=config.node,
+                           signer=DkimSigner(database, directory))
+        submit(store, raw, recipients=args.recipients,
                sender=args.sender, from_headers=args.from_headers, hostname=config.hostname,
                caller_uid=args.caller.uid, caller_login=args.caller.login,
                resolve=lambda rcpt: directory.resolve(rcpt, postmaster))

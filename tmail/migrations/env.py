@@ -8,6 +8,7 @@ as it was. There is no offline (``--sql``) mode: tmail migrates its own database
 from alembic import context
 
 import tmail.directory.tables  # registers the directory tables on the metadata
+import tmail.dkim.keys  # registers the dkim_keys table
 import tmail.users_table  # noqa: F401  (registers the users table on the metadata)
 from tmail.db import metadata
 

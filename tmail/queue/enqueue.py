@@ -116,15 +116,23 @@ class _Staged:
         return self.records[0].uuid
 
 
+# A hook that may rewrite a complete message before its records are made (DKIM signing,
+# tmail.dkim.signing): it returns the file to queue (a new one replaces and removes the old).
+Signer = Callable[[Envelope, SpooledFile], SpooledFile]
+
+
 class Enqueuer:
     """The enqueue path of one store (its layout, its id allocator, its known directories,
-    and the name of the node whose queue it is, which every new record carries)."""
+    the name of the node whose queue it is, which every new record carries, and its
+    signer)."""
 
     def __init__(self, layout: QueueLayout, ids: IdAllocator,
                  ensure_dir: Callable[[Path], None],
-                 notify: Callable[[list[Record]], None], node: str) -> None:
+                 notify: Callable[[list[Record]], None], node: str,
+                 signer: Signer | None = None) -> None:
         self.layout = layout
         self.node = node
+        self._signer = signer
         self._ids = ids
         self._ensure_dir = ensure_dir
         self._notify = notify
@@ -139,6 +147,8 @@ class Enqueuer:
             ids = iter(self._allocate(envelopes, ready, outcomes))
             for index, raw in ready:
                 try:
+                    if self._signer is not None:
+                        raw = self._signer(envelopes[index], raw)
                     item = _Staged(index, raw, self._new_records(envelopes[index], raw, ids))
                 except Exception as exc:
                     _remove(raw.path)

@@ -36,7 +36,7 @@ from tmail.config import default_node
 from tmail.queue import locks, notify
 from tmail.queue.changes import Batch, LockedRecord
 from tmail.queue.claims import Claim, claim_candidates, shown_status
-from tmail.queue.enqueue import Enqueuer, Envelope, Target
+from tmail.queue.enqueue import Enqueuer, Envelope, Signer, Target
 from tmail.queue.filters import RecordFilter
 from tmail.queue.ids import IdAllocator
 from tmail.queue.layout import UUID_PATTERN, QueueLayout, valid_id
@@ -58,8 +58,11 @@ class QuarantinedRecord:
 class QueueStore:
     """Files plus JSON metadata in a hashed tree; safe for many processes and threads."""
 
-    def __init__(self, root: Path, *, id_block: int = 1, node: str | None = None) -> None:
-        """``node``: the ``TMAIL_NODE`` new records carry (default: the host name's)."""
+    def __init__(self, root: Path, *, id_block: int = 1, node: str | None = None,
+                 signer: Signer | None = None) -> None:
+        """``node``: the ``TMAIL_NODE`` new records carry (default: the host name's);
+        ``signer``: what signs each message before it is queued (DKIM, for the receiver and
+        ``sendmail``: :class:`tmail.dkim.signing.DkimSigner`)."""
         self.layout = QueueLayout(root)
         for directory in self.layout.directories():
             fsutil.makedirs(directory)
@@ -68,7 +71,7 @@ class QueueStore:
         self._known_dirs: set[Path] = set()
         self._scan = Scanner(self.layout)
         self._enqueuer = Enqueuer(self.layout, self._ids, self._ensure_dir, self._notify,
-                                  default_node() if node is None else node)
+                                  default_node() if node is None else node, signer)
 
     def create_message_dirs(self) -> None:
         """Create the 4,096 ``messages/`` leaves now (the last one created marks completion),
