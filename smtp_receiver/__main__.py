@@ -87,10 +87,14 @@ def quiet_protocol_log() -> None:
 
 def quiet_implicit_tls_warning() -> None:
     """On 465 the session is TLS from the first byte, so it needs no STARTTLS before AUTH;
-    aiosmtpd only knows STARTTLS and warns, for every session, that AUTH is required without
-    TLS being required (``auth_require_tls`` false). That is not so here."""
+    aiosmtpd only knows STARTTLS and, for every such session, both warns and logs that AUTH
+    is required without TLS being required (``auth_require_tls`` false). That is not so
+    here, and a line per session would bury the log."""
     warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS",
                             module="aiosmtpd")
+    logging.getLogger("mail.log").addFilter(
+        lambda record: record.getMessage() != "auth_required == True but "
+                                              "auth_require_tls == False")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

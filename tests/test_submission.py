@@ -24,6 +24,7 @@ import pytest
 
 from smtp_receiver.submission import SenderRules
 from tests.conftest import REPO, free_port, stop, tmail_env, wait_until
+from tests.dkim_helpers import signature_tags, verifies
 from tests.sink import Sink
 from tests.smtp_helpers import Receiver, start_receiver
 from tmail import config as tmail_config
@@ -33,6 +34,7 @@ from tmail.db import Database, open_database
 from tmail.directory.aliases import AliasStore
 from tmail.directory.domains import DomainStore
 from tmail.directory.lookup import Directory
+from tmail.dkim.keys import KeyStore
 from tmail.users import UserStore, open_store
 
 DOMAIN = "sub.test"
@@ -50,6 +52,7 @@ class Stack:
     submissions: int  # 465's
     sink: Sink
     data: Path
+    dkim_record: tuple[str, str]  # sub.test's (DnsName, DnsValue)
 
     def tls(self) -> ssl.SSLContext:
         return self.receiver.tls()
@@ -92,11 +95,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         aliases = AliasStore(open_database(config))
         aliases.create(ALIAS, [ALICE, BOB])
         aliases.create(BOBS_ALIAS, [BOB])
+        key = KeyStore(open_database(config)).create(DOMAIN)
         receiver = start_receiver(env, data / "receiver.log")
         try:
             for port in (submission, submissions):
                 assert wait_until(lambda p=port: _listening(p)), receiver.log.read_text()
-            yield Stack(receiver, submission, submissions, sink, data)
+            yield Stack(receiver, submission, submissions, sink, data,
+                        (key.dns_name, key.dns_value))
         finally:
             stop(receiver.process)
 
@@ -194,9 +199,10 @@ def test_per_ip_auth_failures_count_across_the_submission_ports(stack: Stack) ->
 
 
 @pytest.mark.parametrize("port", ["587", "465"])
-def test_a_submission_is_relayed_with_message_id_and_date_added(stack: Stack,
-                                                                port: str) -> None:
-    """Alice has no AuthRelay: on the submission ports every logged-in user relays."""
+def test_a_submission_is_relayed_signed_with_message_id_and_date_added(stack: Stack,
+                                                                       port: str) -> None:
+    """Alice has no AuthRelay: on the submission ports every logged-in user relays. The
+    headers we add come before signing, so they are signed too."""
     subject = f"relayed via {port}"
     with stack.client(port) as client:
         assert client.sendmail(ALICE, [REMOTE], message(ALICE, subject=subject)) == {}
@@ -208,6 +214,10 @@ def test_a_submission_is_relayed_with_message_id_and_date_added(stack: Stack,
     assert email.utils.parsedate_to_datetime(parsed["Date"]) is not None
     assert "with ESMTPSA" in parsed["Received"]  # TLS and AUTH, 465 as well as 587
     assert got.content.endswith(b"\r\nhello from the client\r\n")
+    assert verifies(got.content, [stack.dkim_record])
+    tags = signature_tags(got.content)
+    assert tags["d"] == DOMAIN
+    assert {"from", "date", "message-id"} <= set(tags["h"].lower().split(":"))
 
 
 def test_message_id_and_date_of_the_client_are_kept(stack: Stack) -> None:
@@ -241,6 +251,9 @@ def test_465_speaks_tls_from_the_first_byte(stack: Stack) -> None:
         assert tls.recv(1000).startswith(b"220 mx.test.local")
     with stack.implicit() as client:
         assert client.has_extn("auth") and not client.has_extn("starttls")
+    log = stack.receiver.log.read_text()
+    # (aiosmtpd's warning that AUTH is required without STARTTLS: not so on 465)
+    assert "auth_require_tls" not in log and "Traceback" not in log, log[-3000:]
 
 
 def test_the_mx_listener_keeps_its_rules(stack: Stack) -> None:
