@@ -162,6 +162,7 @@ def test_envelope_sender_not_owned_is_refused_with_553(stack: Stack, port: str,
     f"From: <{BOB}>",
     f"From: Alice <{ALICE}>, Bob <{BOB}>",  # every address of From: counts
     f"From: <{ALICE}>\r\nFrom: <{BOBS_ALIAS}>",  # and every From: field
+    f"From: <{ALICE}>,\r\n\t<{BOB}>",  # folded
     "From: not an address",
 ])
 def test_from_header_not_owned_is_refused_at_end_of_data(stack: Stack, port: str,
@@ -184,6 +185,13 @@ def test_own_address_or_an_alias_to_the_user_is_accepted(stack: Stack, port: str
     with stack.client(port) as client:
         refused = client.sendmail(sender, [REMOTE], message(sender))
     assert refused == {}
+
+
+def test_a_folded_from_header_of_the_user_is_accepted(stack: Stack) -> None:
+    body = (f"From: =?utf-8?q?Alic=C3=A9?=\r\n <{ALICE}>,\r\n\t<{ALIAS}>\r\n"
+            f"Subject: folded\r\n\r\nhello\r\n").encode()
+    with stack.client("465") as client:
+        assert client.sendmail(ALICE, [REMOTE], body) == {}
 
 
 def test_per_ip_auth_failures_count_across_the_submission_ports(stack: Stack) -> None:
