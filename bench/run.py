@@ -1,6 +1,6 @@
 """``make bench``: tmail side by side with Postfix on this machine, in the same run.
 
-    .venv/bin/python -m bench.run [--rounds 3] [--messages 1000] [--new-messages 500]
+    .venv/bin/python -m bench.run [--rounds 3] [--messages 600] [--new-messages 300]
                                   [--big 100000] [--idle 60] [--no-write]
 
 Every figure of rows 1-3 and 5 is the median of ``--rounds`` rounds; within a round tmail
@@ -168,17 +168,18 @@ def one_round(base: Path, messages: int, new_messages: int) -> dict[str, float |
 
 # --- row 6: a big deferred queue, then row 4 on the same queue ------------------------------
 
-def queue_figures(base: Path, small: int, big: int, users: int, idle: float,
+def queue_figures(base: Path, queues: Path, small: int, big: int, users: int, idle: float,
                   pickup_count: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Row 6 on a queue of ``big`` deferred records, then row 4 (the API) on that same queue
     and on one of ``small`` records filled alike: filling 100,000 records is the longest
     step of the run, so it is done once. Row 6 goes first: row 4's bulk hold changes 2 % of
-    the records."""
-    deferred_figures = deferred.measure(base / "deferred", big, idle, pickup_count)
-    small_data = base / "api-small"
+    the records. Both queues go under ``queues`` (``--queue-dir``), ``users.db`` under
+    ``base``."""
+    deferred_figures = deferred.measure(queues / "deferred", big, idle, pickup_count)
+    small_data = queues / "api-small"
     deferred.fill_deferred(small_data / "queue", small)
     api = {str(small): api_queue.measure(small_data, small),
-           str(big): api_queue.measure(base / "deferred" / "var", big)}
+           str(big): api_queue.measure(queues / "deferred" / "var", big)}
     api["users"] = users_figures(base / "api-users", users)
     return deferred_figures, api
 
@@ -284,7 +285,8 @@ def table(rounds: list[dict[str, float | list[float]]], api: dict[str, dict[str,
     rows.append(f"| 4 | `GET /queue` at {args.small:,} / {args.big:,} records (time, server "
                 f"memory growth) | {small['listing']:.2f} s, {small['growth']:.1f} MiB / "
                 f"{big['listing']:.2f} s, {big['growth']:.1f} MiB | | | | < 2 s, < 64 MiB |")
-    rows.append(f"| 4 | `GET /queue/summary` / bulk hold at {args.big:,} records | "
+    rows.append(f"| 4 | `GET /queue/summary` / bulk hold at {args.big:,} records (queues on "
+                f"{fs_type(Path(args.queue_dir))}) | "
                 f"{big['summary']:.2f} s / {big['bulk']:.0f} records/s | | | | < 2 s |")
     rows.append(f"| 4 | `GET /users` with {args.users:,} users | "
                 f"{api['users']['median'] * 1000:.0f} ms | | | | |")
@@ -315,6 +317,20 @@ def table(rounds: list[dict[str, float | list[float]]], api: dict[str, dict[str,
                     f"{memory['seconds']:.0f} s) | {memory['growth']:.0f} MiB | | | | "
                     f"< 256 MiB |")
     return "\n".join(rows)
+
+
+def fs_type(path: Path) -> str:
+    """The file system type of the mount ``path`` is on (from /proc/mounts)."""
+    best, kind = "", "?"
+    target = str(path.resolve())
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        point = fields[1]
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and (
+            len(point) > len(best)
+        ):
+            best, kind = point, fields[2]
+    return kind
 
 
 def write_docs(text: str) -> None:
@@ -361,9 +377,9 @@ class LoadWatch:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--messages", type=int, default=1000,
+    parser.add_argument("--messages", type=int, default=600,
                         help="per figure of rows 1a, 2a and 3 (reused connections)")
-    parser.add_argument("--new-messages", type=int, default=500,
+    parser.add_argument("--new-messages", type=int, default=300,
                         help="per figure of rows 1b and 2b (one message per connection)")
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--big", type=int, default=100_000,
@@ -372,6 +388,9 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=60.0,
                         help="seconds of row 6's CPU window")
     parser.add_argument("--deferred-pickups", type=int, default=50)
+    parser.add_argument("--queue-dir", default="/dev/shm",
+                        help="where rows 4 and 6 build their queues (tmpfs: see "
+                             "docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     ensure_postfix_installed()
@@ -381,10 +400,16 @@ def main() -> int:
     rounds, times = [], {}
     try:
         # The big queue first and every removal last: on this disk (ext4 without a
-        # journal) files removed slow down every file created in the next minutes, and
-        # filling 100,000 records creates 200,000 files.
-        queue, api = queue_figures(base, args.small, args.big, args.users, args.idle,
-                                   args.deferred_pickups)
+        # journal) files removed slow down every file created in the next minutes.
+        queues = Path(tempfile.mkdtemp(prefix="tmail-bench-queues-", dir=args.queue_dir))
+        queues.chmod(0o755)
+        try:
+            queue, api = queue_figures(base, queues, args.small, args.big, args.users,
+                                       args.idle, args.deferred_pickups)
+        finally:
+            mark = time.monotonic()
+            remove_tree(queues)
+            times["queue cleanup"] = time.monotonic() - mark
         times["queue"] = time.monotonic() - started
         print(f"rows 4 and 6 done ({times['queue']:.0f} s)", file=sys.stderr, flush=True)
         for number in range(args.rounds):
@@ -406,7 +431,8 @@ def main() -> int:
     text = "\n".join([
         f"Last run: {datetime.date.today()}, {os.cpu_count()} cores, Postfix {version}, "
         f"medians of {args.rounds} rounds, {time.monotonic() - started:.0f} s in all (rows 4 "
-        f"and 6 {times['queue']:.0f} s, of which {queue['fill']:.0f} s filling the queue; "
+        f"and 6 {times['queue']:.0f} s, of which {queue['fill']:.0f} s filling the queue and "
+        f"{times['queue cleanup']:.0f} s removing it; "
         f"rounds {times['rounds']:.0f} s; row 7 {times['memory']:.0f} s; removing the files "
         f"{times['cleanup']:.0f} s); load average {load_before:.1f} before, up to "
         f"{load.stop():.1f} during, {os.getloadavg()[0]:.1f} after.",

@@ -110,6 +110,7 @@ class _Staged:
     records: list[Record]
     json_tmps: list[Path] = field(default_factory=list)
     error: Exception | None = None
+    made_leaf: bool = False  # its messages/ leaf was missing: messages/ is fsync'd too
 
     @property
     def uuid(self) -> str:
@@ -249,6 +250,8 @@ class Enqueuer:
         #    A crash before it may leave any part of a message visible, all of it whole:
         #    its client had no ``250`` and sends it again.
         self._sync_dirs(staged, lambda item: [self.layout.message_dir(item.uuid),
+                                              *([self.layout.messages] if item.made_leaf
+                                                else []),
                                               *(self.layout.record_dir(r.id)
                                                 for r in item.records)])
         self._notify([record for item in staged if item.error is None
@@ -256,8 +259,18 @@ class Enqueuer:
 
     def _link_raw(self, item: _Staged) -> None:
         fault_point("enqueue:raw-written")
-        self._ensure_dir(self.layout.message_dir(item.uuid))  # made durably if missing
-        os.rename(item.raw.path, self.layout.message_raw(item.uuid))
+        target = self.layout.message_raw(item.uuid)
+        try:
+            os.rename(item.raw.path, target)
+        except FileNotFoundError:
+            # The leaf is made by the first message that needs it (the receiver makes all
+            # of them at start-up): its entry becomes durable in the directory round.
+            if target.parent.is_dir():
+                raise  # the temp file is what is missing
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(target.parent, 0o750)
+            item.made_leaf = True
+            os.rename(item.raw.path, target)
 
     def _show_records(self, item: _Staged) -> None:
         fault_point("enqueue:raw-linked")
