@@ -142,3 +142,22 @@ def test_the_private_key_leaves_the_server_nowhere(api: ApiServer) -> None:
     schemas = json.loads(document)["components"]["schemas"]
     for name in ("DkimKey", "DkimCreate"):
         assert not [field for field in schemas[name]["properties"] if "priv" in field.lower()]
+
+
+def test_the_cli_adds_shows_and_deletes_keys(api: ApiServer) -> None:
+    domain = new_domain(api)
+
+    def tmail(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tmail", "dkim", *args], cwd=REPO,
+                              env=api.env, capture_output=True, text=True, timeout=60)
+
+    added = tmail("add", domain, "--algorithm", "ed25519", "--selector", "cli1")
+    assert added.returncode == 0, added.stderr
+    record = f'cli1._domainkey.{domain}. IN TXT ( "v=DKIM1; k=ed25519; p='
+    assert record in added.stdout and record in tmail("show", domain).stdout
+    assert api.session.get(api.url(f"/dkim/{domain}")).json()["Selector"] == "cli1"
+    refused = tmail("add", "not-local.example")
+    assert refused.returncode == 1 and "not a local domain" in refused.stderr
+    assert tmail("del", domain).returncode == 0
+    assert tmail("del", domain).returncode == 1
+    assert tmail("show", domain).returncode == 1

@@ -132,8 +132,9 @@ def test_a_stored_relay_network_counts_as_trusted(tmp_path: Path, database: Data
     (b"From: a@signed.example\r\nFrom: b@signed.example\r\n\r\ntwo\r\n", {"client_addr": "local"}),
     (b"From: a@signed.example, b@other.example\r\n\r\ntwo\r\n", {"client_addr": "local"}),
     (b"Subject: no From\r\n\r\nbody\r\n", {"client_addr": "local"}),
+    (b"From: a@signed.example\r\nnot a header line\r\n\r\nbody\r\n", {"client_addr": "local"}),
 ], ids=["untrusted-client", "domain-without-key", "two-from-fields", "two-from-domains",
-        "no-from"])
+        "no-from", "header-dkimpy-cannot-parse"])
 def test_other_mail_is_queued_as_it_came(tmp_path: Path, database: Database, keys: KeyStore,
                                          message: bytes, submitter: dict[str, str]) -> None:
     keys.create(DOMAIN, "ed25519")

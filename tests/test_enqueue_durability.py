@@ -26,6 +26,7 @@ ENQUEUE = textwrap.dedent(
     from pathlib import Path
     from tmail.queue import Envelope, QueueStore
     store = QueueStore(Path(sys.argv[1]), id_block=64)
+    store.create_message_dirs()  # as the receiver does at start-up: accepting never mkdirs
     raw = b"Subject: durable\\r\\n\\r\\nbody\\r\\n"
     store.enqueue(raw, "a@b.org", ["warm@y.org"])  # the id block and the record leaf
     os.access("/MARK-enqueue", os.F_OK)
