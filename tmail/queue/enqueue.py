@@ -264,9 +264,9 @@ class Enqueuer:
             os.rename(item.raw.path, target)
         except FileNotFoundError:
             # The leaf is made by the first message that needs it (the receiver makes all
-            # of them at start-up): its entry becomes durable in the directory round.
-            if target.parent.is_dir():
-                raise  # the temp file is what is missing
+            # of them at start-up), perhaps by another process at this very moment: its
+            # entry becomes durable in the directory round. Should the temp file be what is
+            # missing, the second rename says so.
             with contextlib.suppress(FileExistsError):
                 os.mkdir(target.parent, 0o750)
             item.made_leaf = True
