@@ -69,8 +69,8 @@ def test_a_domain_still_used_cannot_be_deleted_and_409_says_by_what(api: ApiServ
                             json={"deliverTo": [f"u@{domain}"]}).ok
     refused = api.session.delete(api.url(f"/domains/{domain}"))
     assert refused.status_code == 409
-    assert refused.json() == {"msg": "domain in use", "raw": f"{domain} is used by 1 user(s) "
-                              "and 1 alias(es): delete them first"}
+    assert refused.json() == {"msg": "domain in use", "raw": f"{domain} is still used by user "
+                              f"u@{domain} and alias info@{domain}: delete them first"}
     api.session.delete(api.url(f"/users/u@{domain}"))
     api.session.delete(api.url(f"/aliases/info@{domain}"))
     assert api.session.delete(api.url(f"/domains/{domain}")).status_code == 200

@@ -4,6 +4,7 @@ against real SMTP servers on loopback."""
 from __future__ import annotations
 
 import contextlib
+import email
 import logging
 import random
 import socket
@@ -11,6 +12,7 @@ import ssl
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from email import policy
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,11 @@ from queue_runner.delivery import Runner
 from queue_runner.routing import NoSuchDomain, destination
 from queue_runner.transports import SmtpTransport
 from tests.conftest import free_port, start_api, stop, tmail_env
-from tests.sink import Sink, SinkHandler
+from tests.sink import Script, Sink, SinkHandler
 from tmail import config as tmail_config
 from tmail.config import Config
 from tmail.db import DatabaseUnavailable
-from tmail.queue import QueueStore, Record, Status
+from tmail.queue import QueueStore, Record, Status, Target
 from tmail.routes import Route, failover_order, matching
 from tmail.tls import ensure_certificate
 
@@ -404,3 +406,20 @@ def test_a_route_made_through_the_api_is_used_at_the_next_attempt(tmp_path: Path
 
 def subjects(sink: Sink) -> list[bytes]:
     return [m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in sink.messages]
+
+
+def test_a_bounced_alias_target_names_its_original_recipient(runner: Runner, routes: Routes,
+                                                            store: QueueStore) -> None:
+    with Sink() as sink:
+        sink.handler.script = Script(rcpt={"member@remote.test": "550 5.1.1 no such user"})
+        routes.current = [to(sink.port)]
+        store.enqueue(message(), "s@sender.test",
+                      [Target("member@remote.test", orig_rcpt="Team@Local.test")])
+        attempt(runner)
+    [dsn] = [email.message_from_bytes(store.read_raw(r.id), policy=policy.default)
+             for r in store.iter_records(None)]
+    status = next(p for p in dsn.walk() if p.get_content_type() == "message/delivery-status")
+    block = status.get_payload()[1]
+    assert block["Original-Recipient"] == "rfc822; Team@Local.test"
+    assert block["Final-Recipient"] == "rfc822; member@remote.test"
+    assert block["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"

@@ -114,6 +114,11 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = make_url(url)
+        # Reads run outside transactions: on a server, no BEGIN and ROLLBACK round trips
+        # around each look-up; on SQLite, no BEGIN at all (see _sqlite_begin).
+        self._read_options: dict[str, Any] = (
+            {"tmail_read_only": True} if self.url.get_backend_name() == "sqlite"
+            else {"isolation_level": "AUTOCOMMIT"})
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._pid = 0
@@ -149,7 +154,7 @@ class Database:
     def connect(self) -> Iterator[Connection]:
         """A connection for reads: each statement sees what was committed before it."""
         with _translated(self.url), self.engine.connect() as conn:
-            conn.execution_options(tmail_read_only=True)
+            conn.execution_options(**self._read_options)
             yield conn
 
     def migrate(self) -> None:
@@ -157,12 +162,18 @@ class Database:
         :func:`tmail.migrations.upgrade`). Every process calls it at start-up."""
         if self._migrated:
             return
-        from tmail import migrations
-
         if self.url.get_backend_name() == "sqlite":  # a new data dir: SQLite makes the file
             Path(self.url.database or "").parent.mkdir(parents=True, exist_ok=True)
-        with self.begin() as conn:
-            migrations.upgrade(conn)
+        alembic_log = logging.getLogger("alembic")  # its plugins, context and steps at INFO
+        level = alembic_log.level
+        alembic_log.setLevel(max(logging.WARNING, level))
+        try:
+            from tmail import migrations
+
+            with self.begin() as conn:
+                migrations.upgrade(conn)
+        finally:
+            alembic_log.setLevel(level)
         self._migrated = True
 
     def dispose(self) -> None:

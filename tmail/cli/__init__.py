@@ -35,12 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tmail: configuration: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG
+    except DirectoryError as exc:
+        print(f"tmail: {exc.msg}: {exc.raw}", file=sys.stderr)
+        return os.EX_DATAERR if exc.status == 422 else 1  # a value no entry may have
     except DatabaseUnavailable as exc:  # temporary: a script may run the command again
         print(f"tmail: {exc}", file=sys.stderr)
         return os.EX_TEMPFAIL
-    except DirectoryError as exc:
-        print(f"tmail: {exc.msg}: {exc.raw}", file=sys.stderr)
-        return 65 if exc.status == 422 else 1  # EX_DATAERR for a value no entry may have
     except OwnerError as exc:
         print(f"tmail: {exc}", file=sys.stderr)
         return EX_NOPERM

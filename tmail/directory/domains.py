@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy import delete, insert, or_, select
 from sqlalchemy import exc as sa_exc
 
 from tmail.address import AddressError, parse_domain
@@ -39,6 +39,18 @@ def normalize_domain(text: str) -> tuple[str, str]:
     if ascii_form.startswith("["):
         raise InvalidEntry(f"domain: {text!r} is an address literal, not a domain name")
     return unicode_form, ascii_form
+
+
+USERS_SHOWN = 5  # names a 409 lists of what still uses a domain
+
+
+def _named(kind: str, names: list[str]) -> str:
+    """``users a@x, b@x`` (and ``...`` past USERS_SHOWN): what a 409 says uses a domain."""
+    if not names:
+        return ""
+    shown = ", ".join(names[:USERS_SHOWN]) + (", ..." if len(names) > USERS_SHOWN else "")
+    plural = "es" if kind == "alias" else "s"
+    return f"{kind}{plural if len(names) > 1 else ''} {shown}"
 
 
 def _row(row: object) -> Domain:
@@ -84,13 +96,17 @@ class DomainStore:
             if conn.execute(select(domains.c.id).where(domains.c.name == ascii_form)
                             ).first() is None:
                 return False
-            user_count = conn.scalar(select(func.count()).select_from(users).where(
-                or_(users.c.domain == unicode_form, users.c.domain == ascii_form)))
-            alias_count = conn.scalar(select(func.count()).select_from(aliases).where(
-                aliases.c.domain == ascii_form))
-            if user_count or alias_count:
-                raise Conflict(f"{ascii_form} is used by {user_count} user(s) and "
-                               f"{alias_count} alias(es): delete them first", "domain in use")
+            users_of = conn.scalars(select(users.c.login).where(
+                or_(users.c.domain == unicode_form, users.c.domain == ascii_form))
+                .order_by(users.c.id).limit(USERS_SHOWN + 1)).all()
+            aliases_of = conn.scalars(select(aliases.c.address).where(
+                aliases.c.domain == ascii_form).order_by(aliases.c.id)
+                .limit(USERS_SHOWN + 1)).all()
+            if users_of or aliases_of:
+                raise Conflict(f"{ascii_form} is still used by "
+                               + " and ".join(part for part in (
+                                   _named("user", users_of), _named("alias", aliases_of))
+                                   if part) + ": delete them first", "domain in use")
             conn.execute(delete(domains).where(domains.c.name == ascii_form))
             bump_generation(conn)
         return True

@@ -17,13 +17,17 @@ advisory lock. The others wait for it, then find the schema current and do nothi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, func, select
 
 from tmail.migrations import legacy
+
+log = logging.getLogger(__name__)
 
 BASELINE = "0001"
 # pg_advisory_xact_lock's key for "tmail migrations" (any constant that nothing else uses).
@@ -39,11 +43,21 @@ def alembic_config(conn: Connection | None = None) -> AlembicConfig:
 
 
 def upgrade(conn: Connection) -> None:
-    """Take the migration lock, adopt a database made before Alembic, upgrade to the head."""
+    """Take the migration lock, adopt a database made before Alembic, upgrade to the head.
+
+    One line is logged when something changed (:meth:`tmail.db.Database.migrate` keeps
+    Alembic's own INFO lines, ten at every start of every process, out of the log).
+    """
     if conn.dialect.name == "postgresql":
         conn.execute(select(func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
     config = alembic_config(conn)
+    before = MigrationContext.configure(conn).get_current_revision()
     if legacy.is_pre_alembic(conn):
         legacy.bring_to_baseline(conn)
         command.stamp(config, BASELINE)
+        before = "tmail's sqlite3 schema"
     command.upgrade(config, "head")
+    after = MigrationContext.configure(conn).get_current_revision()
+    if after != before:
+        log.info("database %s migrated from %s to revision %s",
+                 conn.engine.url.render_as_string(hide_password=True), before or "empty", after)
