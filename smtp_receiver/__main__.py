@@ -1,8 +1,9 @@
-"""``python -m smtp_receiver``: listen on TMAIL_SMTP_BIND until SIGTERM or SIGINT.
+"""``python -m smtp_receiver``: listen on TMAIL_SMTP_BIND (and the submission ports,
+TMAIL_SUBMISSION_BIND and TMAIL_SUBMISSIONS_BIND, when set) until SIGTERM or SIGINT.
 
 With TMAIL_SMTP_PROCESSES above 1 the receiver runs that many worker processes
 (:mod:`tmail.workers`), each with its own event loop and its own listening socket on the
-same port (SO_REUSEPORT: the kernel spreads connections over them), the way Postfix runs
+same ports (SO_REUSEPORT: the kernel spreads connections over them), the way Postfix runs
 many smtpd processes. One event loop is bound to one core; SMTP parsing and the queue's file
 work are CPU work.
 """
@@ -15,11 +16,13 @@ import os
 import resource
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 from smtp_receiver.committer import GroupCommitter
 from smtp_receiver.handler import ReceiverHandler
 from smtp_receiver.server import serve, tls_context
+from smtp_receiver.submission import listeners
 from tmail import config as tmail_config
 from tmail import workers
 from tmail.dkim.signing import signer_for
@@ -38,15 +41,18 @@ async def run(config: tmail_config.Config) -> None:
     users = open_store(config)
     handler = ReceiverHandler(config, users, store, committer)
     context = tls_context(str(config.tls_cert_path), str(config.tls_key_path))
-    server = await serve(config, handler, context)
+    servers = await serve(config, handler, context, listeners(config))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("listening on %s as %s (pid %d)", config.smtp_bind, config.hostname, os.getpid())
+    log.info("listening on %s as %s (pid %d)", ", ".join(map(str, listeners(config))),
+             config.hostname, os.getpid())
     await stop.wait()
-    server.close()
-    await server.wait_closed()
+    for server in servers:
+        server.close()
+    for server in servers:
+        await server.wait_closed()
     committer.close()
     handler.counters.flush()
     log.info("stopped")
@@ -79,11 +85,24 @@ def quiet_protocol_log() -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
+def quiet_implicit_tls_warning() -> None:
+    """On 465 the session is TLS from the first byte, so it needs no STARTTLS before AUTH;
+    aiosmtpd only knows STARTTLS and, for every such session, both warns and logs that AUTH
+    is required without TLS being required (``auth_require_tls`` false). That is not so
+    here, and a line per session would bury the log."""
+    warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS",
+                            module="aiosmtpd")
+    logging.getLogger("mail.log").addFilter(
+        lambda record: record.getMessage() != "auth_required == True but "
+                                              "auth_require_tls == False")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = start("smtp_receiver")
     if config is None:
         return 2
     quiet_protocol_log()
+    quiet_implicit_tls_warning()
     raise_fd_limit(config)
     ensure_certificate(config)  # once, before the workers start (they read its files)
     if config.smtp_processes == 1:

@@ -137,6 +137,7 @@ class HeaderBlock:
         self._buffer = bytearray()
         self.complete = False
         self._names: list[bytes] = []
+        self._block = b""
 
     def add(self, content: bytes) -> None:
         searched_from = max(0, len(self._buffer) - 3)
@@ -153,7 +154,7 @@ class HeaderBlock:
         end = 0 if self._buffer.startswith(b"\r\n") else self._buffer.find(b"\r\n\r\n")
         if end == -1 or end > self._limit:  # no empty line within the limit: the block
             end = self._buffer.rfind(b"\r\n", 0, self._limit)  # ends at the last line end
-        block = bytes(self._buffer[:max(end, 0)])
+        block = self._block = bytes(self._buffer[:max(end, 0)])
         self._names = [line.partition(b":")[0].strip().lower()
                        for line in block.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
 
@@ -168,6 +169,24 @@ class HeaderBlock:
 
     def has(self, name: str) -> bool:
         return self.count(name) > 0
+
+    def values(self, name: str) -> list[bytes]:
+        """The value of every ``name`` field, unfolded, as the bytes the client sent (for
+        the few fields a rule reads: the submission ports check ``From:``)."""
+        key = name.lower().encode()
+        found: list[bytearray] = []
+        current: bytearray | None = None
+        for line in self._block.split(b"\r\n"):
+            if line[:1] in (b" ", b"\t"):
+                if current is not None:
+                    current += b" " + line.strip()
+                continue
+            current = None
+            field, colon, value = line.partition(b":")
+            if colon and field.strip().lower() == key:
+                current = bytearray(value.strip())
+                found.append(current)
+        return [bytes(value) for value in found]
 
 
 class Spool(Protocol):

@@ -21,6 +21,7 @@ from smtp_receiver.data import Framer, HeaderBlock, MessageWriter, receive
 from smtp_receiver.limits import AuthFailures
 from smtp_receiver.policy import RecipientPolicy, Refusal
 from smtp_receiver.state import SessionState
+from smtp_receiver.submission import NOT_OWNED, Listener, SenderRules
 from smtp_receiver.trace import protocol, received_header
 from tmail.config import Config
 from tmail.db import open_database
@@ -60,6 +61,12 @@ def _state(server: SMTP) -> SessionState:
     return state
 
 
+def _listener(server: SMTP) -> Listener:
+    listener = getattr(server, "listener", None)
+    assert isinstance(listener, Listener)
+    return listener
+
+
 class ReceiverHandler:
     def __init__(
         self,
@@ -76,7 +83,9 @@ class ReceiverHandler:
         self.store = store
         database = open_database(config)
         database.start()  # migrated once per process, at start-up or at first use
-        self.policy = RecipientPolicy(config, Directory(database, config))
+        directory = Directory(database, config)
+        self.policy = RecipientPolicy(config, directory)
+        self.senders = SenderRules(config, directory)  # the submission listeners' rules
         if not config.postmaster:
             log.warning("TMAIL_POSTMASTER is not set: postmaster@ a local domain without an "
                         "alias or user of that name is refused (RFC 5321 4.5.1 wants it)")
@@ -123,11 +132,20 @@ class ReceiverHandler:
         if envelope.smtp_utf8 and not self.config.smtp_smtputf8:
             return "555 5.5.4 SMTPUTF8 is not supported"
         state.smtputf8 = envelope.smtp_utf8
+        parsed = None
         if address != "<>":
             parsed = parse_address(address, smtputf8=state.smtputf8, sender=True)
             if isinstance(parsed, str):
                 self.refused("bad_address")
                 return parsed
+        if _listener(server).submission:
+            loop = asyncio.get_running_loop()
+            refusal = await loop.run_in_executor(None, self.senders.check_envelope,
+                                                 state.auth_login, parsed)
+            if refusal is not None:
+                self._log(state, envelope, f"reject: MAIL <{address}>: {refusal}")
+                self.refused("sender_not_owned" if refusal == NOT_OWNED else "lookup_failure")
+                return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         state.targets = {}
@@ -140,7 +158,9 @@ class ReceiverHandler:
             log.warning("client=%s: too many rejected recipients", state.client_ip)
             state.hang_up = True
             return f"421 4.7.0 {server.hostname} Error: too many rejected recipients"
-        reply = await self._check_rcpt(state, envelope, address)
+        # On the submission ports every logged-in user relays; on the MX, those with AuthRelay.
+        relay = state.auth_relay or (_listener(server).submission and bool(state.auth_login))
+        reply = await self._check_rcpt(state, envelope, address, relay)
         if not isinstance(reply, str):
             envelope.rcpt_tos.append(address)
             state.targets.setdefault(address, reply)
@@ -150,7 +170,7 @@ class ReceiverHandler:
         return reply
 
     async def _check_rcpt(self, state: SessionState, envelope: Envelope,
-                          address: str) -> list[Target] | str:
+                          address: str, relay: bool) -> list[Target] | str:
         """The targets ``address`` expands to (:mod:`tmail.directory.expansion`: aliases are
         expanded here, once, and queued as they are), else the reply that refuses it."""
         parsed = parse_address(address, smtputf8=state.smtputf8, sender=False)
@@ -162,7 +182,7 @@ class ReceiverHandler:
             return "452 4.5.3 Error: too many recipients"
         loop = asyncio.get_running_loop()
         refusal = await loop.run_in_executor(None, self.policy.check, parsed, address,
-                                             state.client_ip, state.auth_relay)
+                                             state.client_ip, relay)
         if not isinstance(refusal, Refusal):
             return refusal
         self._log(state, envelope, f"reject: RCPT <{address}>: {refusal}")
@@ -188,6 +208,10 @@ class ReceiverHandler:
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
         size = received.spool.size
         try:
+            if _listener(server).submission:
+                refusal = await self._check_from(state, envelope, writer.head)
+                if refusal is not None:
+                    return refusal  # not queued: the spool goes below
             records = await self.committer.submit(QueueEnvelope(
                 received.spool, mail_from, _targets(state, envelope), state.auth_login,
                 state.client_ip))
@@ -200,6 +224,17 @@ class ReceiverHandler:
         uuid = records[0].uuid
         self._log(state, envelope, f"queued as {uuid}, size={size}")
         return f"250 2.0.0 Ok: queued as {uuid}"
+
+    async def _check_from(self, state: SessionState, envelope: Envelope,
+                          head: HeaderBlock) -> str | None:
+        """The submission ports' end-of-DATA rule: the user owns every ``From:`` address."""
+        loop = asyncio.get_running_loop()
+        refusal = await loop.run_in_executor(None, self.senders.check_from, state.auth_login,
+                                             head.values("From"))
+        if refusal is not None:
+            self._log(state, envelope, f"reject: DATA: From: {refusal}")
+            self.refused("sender_not_owned" if refusal == NOT_OWNED else "lookup_failure")
+        return refusal
 
     def _refuse_content(self, server: SMTP, state: SessionState, envelope: Envelope,
                         reason: str, error: OSError | None) -> str:
@@ -229,7 +264,7 @@ class ReceiverHandler:
             client_ip=_state(server).client_ip,
             hostname=self.config.hostname,
             with_protocol=protocol(bool(session.extended_smtp),
-                                   server._tls_protocol is not None,
+                                   bool(getattr(server, "encrypted", False)),
                                    bool(session.authenticated)),
             rcpt=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
         )

@@ -17,6 +17,7 @@ import logging
 import re
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, syntax
@@ -25,6 +26,7 @@ from smtp_receiver.data import Deadline, wire_chunks
 from smtp_receiver.handler import ReceiverHandler
 from smtp_receiver.limits import SessionLimits
 from smtp_receiver.state import SessionState
+from smtp_receiver.submission import Listener
 from tmail.config import Config
 
 log = logging.getLogger("smtp_receiver")
@@ -103,8 +105,9 @@ class TmailSMTP(SMTP):
     line_length_limit = 65_536
 
     def __init__(self, handler: ReceiverHandler, *, config: Config, limits: SessionLimits,
-                 **options: Any) -> None:
+                 listener: Listener, **options: Any) -> None:
         super().__init__(handler, **options)
+        self.listener = listener
         # aiosmtpd keeps this dict on the class, shared by every session, and grows it at
         # each EHLO: one per session keeps the MAIL line limit where RFC 1870 puts it.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
@@ -113,6 +116,12 @@ class TmailSMTP(SMTP):
         self.handler = handler
         self.state: SessionState | None = None
         self._admitted = False
+
+    @property
+    def encrypted(self) -> bool:
+        """TLS is up: after STARTTLS, or from the first byte on the implicit-TLS listener
+        (aiosmtpd only knows of the former)."""
+        return self.listener.implicit_tls or self._tls_protocol is not None
 
     # --- admission -------------------------------------------------------------------
 
@@ -270,17 +279,42 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-async def serve(config: Config, handler: ReceiverHandler,
-                context: ssl.SSLContext | None) -> asyncio.Server:
-    """Listen on TMAIL_SMTP_BIND; SO_REUSEPORT lets several receiver processes share it."""
+async def serve(config: Config, handler: ReceiverHandler, context: ssl.SSLContext,
+                listeners: list[Listener]) -> list[asyncio.Server]:
+    """Listen on every listener; SO_REUSEPORT lets several receiver processes share each.
+    One set of session limits covers them all (``TMAIL_SMTP_MAX_SESSIONS`` is per process)."""
     limits = SessionLimits(config.smtp_max_sessions, config.smtp_max_sessions_per_ip,
                            exempt=handler.policy.in_relay_networks)
+    loop = asyncio.get_running_loop()
+    servers = []
+    for listener in listeners:
+        servers.append(await loop.create_server(
+            _factory(config, handler, context, limits, listener),
+            host=listener.bind.host,
+            port=listener.bind.port,
+            family=socket.AF_INET6 if ":" in listener.bind.host else socket.AF_INET,
+            reuse_port=True,
+            backlog=1024,
+            # 465: the handshake comes first, before the session (and its limits) exists
+            ssl=context if listener.implicit_tls else None,
+            ssl_handshake_timeout=config.smtp_timeout if listener.implicit_tls else None,
+        ))
+    return servers
+
+
+def _factory(config: Config, handler: ReceiverHandler, context: ssl.SSLContext,
+             limits: SessionLimits, listener: Listener) -> Callable[[], SMTP]:
+    """The sessions of one listener. On the submission ports AUTH comes before MAIL
+    (aiosmtpd's ``530 5.7.0 Authentication required``); on 587 only after STARTTLS
+    (``538 5.7.11``, RFC 4954 §6, and EHLO offers AUTH only then); 465 is TLS already, so
+    it offers no STARTTLS and AUTH at once."""
 
     def factory() -> SMTP:
         return TmailSMTP(
             handler,
             config=config,
             limits=limits,
+            listener=listener,
             hostname=config.hostname,
             ident="tmail",
             data_size_limit=config.max_message_size,
@@ -289,9 +323,11 @@ async def serve(config: Config, handler: ReceiverHandler,
             # non-ASCII address gets our 553 5.6.7 and not "500 strict ASCII mode";
             # whether SMTPUTF8 is offered is TMAIL_SMTP_SMTPUTF8's (handler.handle_EHLO).
             enable_SMTPUTF8=True,
-            tls_context=context,
+            tls_context=None if listener.implicit_tls else context,
             require_starttls=False,
-            auth_require_tls=config.smtp_auth_require_tls,
+            auth_required=listener.submission,
+            auth_require_tls=(not listener.implicit_tls if listener.submission
+                              else config.smtp_auth_require_tls),
             # Our own deadlines (one command line, one reply, the DATA phase) do the work;
             # aiosmtpd's timer, reset at each command, is only a backstop for a command
             # that hangs (a stuck disk).
@@ -299,12 +335,4 @@ async def serve(config: Config, handler: ReceiverHandler,
             + config.max_message_size / config.smtp_min_data_rate,
         )
 
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        factory,
-        host=config.smtp_bind.host,
-        port=config.smtp_bind.port,
-        family=socket.AF_INET6 if ":" in config.smtp_bind.host else socket.AF_INET,
-        reuse_port=True,
-        backlog=1024,
-    )
+    return factory

@@ -74,6 +74,9 @@ class Config:
     node: str = field(default_factory=default_node)
     smtp_bind: HostPort = HostPort("127.0.0.1", 2525)
     smtp_auth_require_tls: bool = True
+    # the submission listeners for mail clients (RFC 6409 on 587, RFC 8314 on 465); None: off
+    submission_bind: HostPort | None = None
+    submissions_bind: HostPort | None = None
     smtp_processes: int = field(default_factory=workers.default_count)
     local_domains: tuple[str, ...] = ()
     relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -164,6 +167,11 @@ def parse_host_port(raw: str) -> HostPort:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"port {port!r} is not a number between 1 and 65535")
     return HostPort(host, int(port))
+
+
+def parse_optional_bind(raw: str) -> HostPort | None:
+    """``HOST:PORT``, or empty for no listener."""
+    return parse_host_port(raw.strip()) if raw.strip() else None
 
 
 def parse_bool(raw: str) -> bool:
@@ -314,6 +322,8 @@ _SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TMAIL_NODE": ("node", parse_node),
     "TMAIL_SMTP_BIND": ("smtp_bind", parse_host_port),
     "TMAIL_SMTP_AUTH_REQUIRE_TLS": ("smtp_auth_require_tls", parse_bool),
+    "TMAIL_SUBMISSION_BIND": ("submission_bind", parse_optional_bind),
+    "TMAIL_SUBMISSIONS_BIND": ("submissions_bind", parse_optional_bind),
     "TMAIL_SMTP_PROCESSES": ("smtp_processes", parse_positive_int),
     "TMAIL_LOCAL_DOMAINS": ("local_domains", parse_domains),
     "TMAIL_RELAY_NETWORKS": ("relay_networks", parse_networks),
@@ -385,6 +395,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
 def _check_consistency(config: Config) -> None:
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("TMAIL_TLS_CERT and TMAIL_TLS_KEY must be set together")
+    _check_submission(config)
     if config.retry_min_backoff > config.retry_max_backoff:
         raise ConfigError("TMAIL_RETRY_MIN_BACKOFF is larger than TMAIL_RETRY_MAX_BACKOFF")
     if not config.admin_user:
@@ -392,6 +403,30 @@ def _check_consistency(config: Config) -> None:
     if not config.admin_password:
         raise ConfigError("TMAIL_ADMIN_PASSWORD must not be empty (an empty Basic password is"
                           " what a client sends when it has none)")
+
+
+def _check_submission(config: Config) -> None:
+    """Each listener on its own address; a mail client that logs in on 587 (after STARTTLS)
+    or 465 (TLS from the first byte) must be able to verify the server's certificate, so
+    beyond loopback the submission ports need TMAIL_TLS_CERT: the generated one only names
+    localhost, and every client would warn or, worse, teach its user to click through."""
+    binds = [("TMAIL_SMTP_BIND", config.smtp_bind),
+             ("TMAIL_SUBMISSION_BIND", config.submission_bind),
+             ("TMAIL_SUBMISSIONS_BIND", config.submissions_bind)]
+    seen: list[tuple[str, HostPort]] = []
+    for name, bind in binds:
+        if bind is None:
+            continue
+        for other, taken in seen:  # SO_REUSEPORT would let both bind, and share the port
+            if bind.port == taken.port and (bind.host == taken.host or {bind.host, taken.host}
+                                            & {"0.0.0.0", "::"}):
+                raise ConfigError(f"{name}={bind} overlaps {other}={taken}")
+        seen.append((name, bind))
+        if name != "TMAIL_SMTP_BIND" and config.tls_is_generated and not bind.is_loopback:
+            raise ConfigError(
+                f"{name}={bind}: the submission ports need a certificate mail clients can "
+                "verify (AUTH is only allowed over TLS there): set TMAIL_TLS_CERT and "
+                "TMAIL_TLS_KEY")
 
 
 def check_api_exposure(config: Config) -> None:
