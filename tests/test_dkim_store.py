@@ -158,7 +158,8 @@ def test_rotation_signs_with_the_newest_key_and_delete_stops_signing(
 
 
 def test_a_database_that_cannot_answer_fails_the_message_for_a_retry(tmp_path: Path) -> None:
-    missing = Database(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'users.db'}")
+    (tmp_path / "users.db").mkdir()  # what SQLite cannot open (a missing file it would make)
+    missing = Database(f"sqlite:///{tmp_path / 'users.db'}")
     config = tmail_config.load({"TMAIL_DATA_DIR": str(tmp_path)})
     store = QueueStore(tmp_path / "queue", signer=DkimSigner(missing, Directory(missing, config)))
     with pytest.raises(QueueWriteError) as failed:
