@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from app import directory, dkim, metrics, openapi, ping, queue, users
+from app import console, directory, dkim, metrics, openapi, ping, queue, users
 from app.errors import register_error_handlers
 from app.services import Services
 from tmail import config as tmail_config
@@ -38,6 +38,7 @@ def create_app(config: Config | None = None) -> Flask:
         app.register_blueprint(blueprint)
     directory.init_app(app, config)
     dkim.init_app(app, config)
+    console.init_app(app, config)
     app.after_request(metrics.count_request)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return app

@@ -17,8 +17,17 @@ from flask_httpauth import HTTPBasicAuth
 
 from app.errors import ApiError, error_response
 from app.services import services
+from tmail.config import Config
 
 auth = HTTPBasicAuth(realm="tmail")
+
+
+def admin_credentials_ok(config: Config, username: str, password: str) -> bool:
+    """The one check of the admin credential, for the API's Basic auth and the console's
+    sign-in form: constant time, both parts always compared."""
+    user_ok = hmac.compare_digest(username.encode(), config.admin_user.encode())
+    password_ok = hmac.compare_digest(password.encode(), config.admin_password.encode())
+    return user_ok and password_ok
 
 
 @auth.verify_password
@@ -29,10 +38,7 @@ def verify_password(username: str, password: str) -> str | None:
     if wait:
         raise ApiError(429, "too many failed sign-ins", f"retry after {wait} seconds",
                        headers={"Retry-After": str(wait)})
-    config = tmail.config
-    user_ok = hmac.compare_digest(username.encode(), config.admin_user.encode())
-    password_ok = hmac.compare_digest(password.encode(), config.admin_password.encode())
-    if user_ok and password_ok:
+    if admin_credentials_ok(tmail.config, username, password):
         tmail.throttle.succeeded(client)
         return username
     if request.authorization is not None:  # a request without credentials guesses nothing

@@ -7,8 +7,9 @@ and anything unexpected all end here, with the right status and the same shape.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, has_request_context, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -29,12 +30,20 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# path prefix -> renderer of an error as a page: the web console's, which registers itself.
+# Errors of the API (every other path) keep tmail's JSON body.
+ErrorPage = Callable[[int, str, str], Response]
+ERROR_PAGES: dict[str, ErrorPage] = {}
+
+
 def error_response(status: int, msg: str, raw: str = "",
                    headers: dict[str, str] | None = None) -> Response:
-    response = jsonify({"msg": msg, "raw": raw})
+    page = next((render for prefix, render in ERROR_PAGES.items()
+                 if has_request_context() and request.path.startswith(prefix)), None)
+    response = page(status, msg, raw) if page else jsonify({"msg": msg, "raw": raw})
     response.status_code = status
     response.headers.update(headers or {})
-    if status == 401:
+    if status == 401 and page is None:
         response.headers["WWW-Authenticate"] = 'Basic realm="tmail"'
     return response
 

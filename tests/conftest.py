@@ -22,8 +22,9 @@ from tmail.db import Database
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The session's private PostgreSQL server: the ``postgres`` fixture (tests/postgres.py).
-pytest_plugins = ("tests.postgres",)
+# The session's private PostgreSQL server (``postgres``, tests/postgres.py); the web console
+# in a real browser (``browser``, ``console_stack``: tests/browser.py).
+pytest_plugins = ("tests.postgres", "tests.browser")
 
 
 def free_port() -> int:

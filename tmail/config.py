@@ -67,6 +67,7 @@ class Config:
     api_bind: HostPort = HostPort("127.0.0.1", 8080)
     admin_user: str = "admin"
     admin_password: str = DEFAULT_ADMIN_PASSWORD
+    console_session_ttl: float = 28_800.0  # a web console sign-in lasts this long (8 hours)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     default_quota: str = "1G"
@@ -315,6 +316,7 @@ _SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TMAIL_API_BIND": ("api_bind", parse_host_port),
     "TMAIL_ADMIN_USER": ("admin_user", str),
     "TMAIL_ADMIN_PASSWORD": ("admin_password", str),
+    "TMAIL_CONSOLE_SESSION_TTL": ("console_session_ttl", parse_positive_seconds),
     "TMAIL_TLS_CERT": ("tls_cert", lambda raw: Path(raw).resolve() if raw else None),
     "TMAIL_TLS_KEY": ("tls_key", lambda raw: Path(raw).resolve() if raw else None),
     "TMAIL_DEFAULT_QUOTA": ("default_quota", parse_quota),
