@@ -206,14 +206,17 @@ class Counters:
         if spec.per_minute is None:
             raise ValueError(f"{spec.name} has no per-minute series")
         self.flush()
-        series: dict[tuple[str, ...], dict[int, float]] = {}
+        series: dict[str, dict[int, float]] = {}  # by labels as stored: decoded once each
         with self._connection() as conn:
             rows = conn.execute("SELECT labels, minute, value FROM per_minute"
                                 " WHERE minute >= ? AND name = ? ORDER BY minute",
                                 (since_minute, spec.name))
             for labels, minute, value in rows.fetchall():
-                series.setdefault(tuple(json.loads(labels)), {})[minute] = value
-        return series
+                minutes = series.get(labels)
+                if minutes is None:
+                    minutes = series[labels] = {}
+                minutes[minute] = value
+        return {tuple(json.loads(labels)): minutes for labels, minutes in series.items()}
 
     def _start_flusher(self) -> None:
         self._pid = os.getpid()

@@ -8,6 +8,8 @@ chart shows in colour is also in text: the legend and a table of the same number
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -135,15 +137,14 @@ def bucketed(minutes: Mapping[int, float], start: int, size: int, count: int,
 def _rows(data: Sequence[Mapping[int, float]], start: int, end: int,
           tick: int) -> tuple[Row, ...]:
     """Totals per tick interval (aligned on the clock, the first one clipped to ``start``)."""
-    rows = []
-    low = start
-    while low <= end:
-        high = min((low // tick + 1) * tick, end + 1)  # exclusive
-        counts = tuple(round(sum(v for m, v in minutes.items() if low <= m < high))
-                       for minutes in data)
-        rows.append(Row(f"{hhmm(low)}–{hhmm(high)}", counts))
-        low = high
-    return tuple(rows)
+    bounds = [start, *range((start // tick + 1) * tick, end + 1, tick), end + 1]
+    sums = [[0.0] * (len(bounds) - 1) for _ in data]
+    for row_sums, minutes in zip(sums, data, strict=True):
+        for minute, value in minutes.items():
+            if start <= minute <= end:
+                row_sums[bisect.bisect_right(bounds, minute) - 1] += value
+    return tuple(Row(f"{hhmm(low)}–{hhmm(high)}", tuple(round(s[i]) for s in sums))
+                 for i, (low, high) in enumerate(itertools.pairwise(bounds)))
 
 
 def line_chart(title: str, data: Mapping[str, Mapping[int, float]],
