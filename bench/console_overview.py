@@ -56,17 +56,20 @@ def signed_in(base: str, session: requests.Session) -> None:
     assert response.status_code == 303, response.text
 
 
-def timed(session: requests.Session, url: str, runs: int) -> float:
-    """The median of ``runs`` GETs, in seconds (after one warm-up)."""
-    timings = []
+def timed(gets: dict[str, tuple[requests.Session, str]], runs: int) -> dict[str, float]:
+    """The median time of each GET over ``runs`` rounds, in seconds (after one warm-up
+    round); the GETs take turns in each round, so that the load of a shared machine weighs
+    on all of them alike."""
+    timings: dict[str, list[float]] = {name: [] for name in gets}
     for n in range(runs + 1):
-        started = time.perf_counter()
-        response = session.get(url, timeout=120)
-        elapsed = time.perf_counter() - started
-        assert response.status_code == 200, (url, response.status_code)
-        if n:
-            timings.append(elapsed)
-    return statistics.median(timings)
+        for name, (session, url) in gets.items():
+            started = time.perf_counter()
+            response = session.get(url, timeout=120)
+            elapsed = time.perf_counter() - started
+            assert response.status_code == 200, (url, response.status_code)
+            if n:
+                timings[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 def measure(data: Path, runs: int) -> dict[str, float]:
@@ -77,9 +80,9 @@ def measure(data: Path, runs: int) -> dict[str, float]:
         signed_in(base, console)
         page = console.get(f"{base}/console/", timeout=120).text
         assert 'id="heat-map"' in page and 'id="chart"' in page
-        return {"summary": timed(api, f"{base}/queue/summary", runs),
-                "overview": timed(console, f"{base}/console/", runs),
-                "overview24": timed(console, f"{base}/console/?hours=24", runs),
+        return {**timed({"summary": (api, f"{base}/queue/summary"),
+                         "overview": (console, f"{base}/console/"),
+                         "overview24": (console, f"{base}/console/?hours=24")}, runs),
                 "bytes": len(page)}
     finally:
         proc.terminate()

@@ -109,6 +109,8 @@ def test_the_overview_fits_a_narrow_screen(
     assert 0 < chart.size["width"] <= viewport
     assert browser.find_element(By.CSS_SELECTOR, ".table-responsive #heat-map").is_displayed()
     screenshot(browser, tmp_path, "overview-narrow")
+    browser.execute_script("arguments[0].scrollIntoView({behavior: 'instant'})", chart)
+    screenshot(browser, tmp_path, "overview-narrow-chart")
 
 
 @pytest.mark.parametrize(("query", "status"), [

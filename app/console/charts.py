@@ -19,7 +19,7 @@ from tmail.queue.summary import BUCKET_NAMES, Summary
 
 # The SVG's user space (a viewBox: the picture scales to the width of its box).
 WIDTH, HEIGHT = 640, 240
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 12, 36  # margins for the axes' labels
+LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 36  # margins for the axes' labels
 HEAT_LEVELS = 5  # shades of a non-zero cell: heat-1 .. heat-5 (heat-0: none)
 
 
@@ -85,6 +85,7 @@ class Row:
 class LineChart:
     title: str
     summary: str  # the SVG's aria-label: what the chart says, in words
+    step: str  # what a point sums: "minute", "5 minutes"
     width: int
     height: int
     plot: tuple[float, float, float, float]  # left, top, right, bottom
@@ -183,7 +184,7 @@ def line_chart(title: str, data: Mapping[str, Mapping[int, float]],
                f"up to {hhmm(now_minute)} UTC: "
                + ", ".join(f"{line.total} {line.name}" for line in lines) + ".")
     return LineChart(
-        title=title, summary=summary, width=WIDTH, height=HEIGHT,
+        title=title, summary=summary, step=per, width=WIDTH, height=HEIGHT,
         plot=(left, upper, right, lower), lines=tuple(lines), x_ticks=x_ticks,
         y_ticks=tuple(Tick(round(y(v), 1), str(v)) for v in y_values),
         rows=_rows(series, start, now_minute, window.tick), totals=totals)
