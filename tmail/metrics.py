@@ -111,7 +111,6 @@ class _Pending:
         self.minutes.update(other.minutes)
 
 
-
 class Counters:
     """Process-safe counters in ``path`` (SQLite); cheap to call from any thread.
 
