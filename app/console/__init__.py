@@ -40,6 +40,7 @@ NAV = (
 def init_app(app: Flask, config: Config) -> None:
     # The page modules import ``bp``: imported here, once it exists.
     from app.console import format, overview, security, session, signin
+    from app.console import users as _users  # noqa: F401  (console.users*)
 
     del overview, signin  # imported for the views they register on bp
     app.config.update(
