@@ -19,6 +19,7 @@ from selenium.webdriver.common.by import By
 
 from tests.browser import (
     NARROW,
+    WIDE,
     ConsoleStack,
     FormClient,
     running_stack,
@@ -84,6 +85,7 @@ def test_a_local_domain_and_an_alias_are_added_listed_and_the_alias_deleted(
     screenshot(browser, tmp_path, "aliases-390px")
     assert browser.execute_script(  # readable at 390 px: only the table scrolls sideways
         "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    browser.set_window_size(*WIDE)
 
     submit(browser, row.find_element(By.LINK_TEXT, "Delete"))
     assert address in browser.find_element(By.ID, "confirm-question").text

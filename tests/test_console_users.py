@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.browser import NARROW, ConsoleStack, FormClient, screenshot, sign_in, submit
+from tests.browser import NARROW, WIDE, ConsoleStack, FormClient, screenshot, sign_in, submit
 
 
 def unique(name: str) -> str:
@@ -82,6 +82,7 @@ def test_a_bad_quota_is_shown_next_to_its_field_then_a_good_one_creates_the_user
     screenshot(browser, tmp_path, "users-bad-quota")
     browser.set_window_size(*NARROW)
     screenshot(browser, tmp_path, "users-bad-quota-390px")
+    browser.set_window_size(*WIDE)
 
     fill(browser, {"passwd": "secret-1", "mailboxQuota": "50M"})
     submit(browser, browser.find_element(By.XPATH, "//button[text()='Create user']"))
@@ -184,3 +185,19 @@ def test_a_short_password_is_refused_with_the_apis_words(
     error = re.search(r'id="passwd-error">([^<]*)<', refused.text)  # type: ignore[attr-defined]
     assert error and api.json()["raw"] == "passwd: " + html.unescape(error.group(1)).rstrip(".")
     assert smtp_auth(console_stack, login, "secret-1")
+
+
+def test_a_second_catchall_of_a_domain_is_refused_under_the_catchall_box(
+        client: FormClient, console_stack: ConsoleStack) -> None:
+    domain = f"catchall-{secrets.token_hex(3)}.test"
+    first = console_stack.api.session.post(console_stack.url(f"/users/any@{domain}"), json={
+        "passwd": "secret-1", "haveMailbox": True, "isCatchall": True})
+    assert first.status_code == 201
+    refused = client.post_form("/console/users", {
+        "login": f"other@{domain}", "passwd": "secret-1", "haveMailbox": True,
+        "isCatchall": True})
+    assert refused.status == 422
+    error = re.search(r'id="isCatchall-error">([^<]*)<', refused.text)  # type: ignore[attr-defined]
+    assert error and html.unescape(error.group(1)) == (
+        f"unable to create new user: domain {domain} already has a catchall")
+    assert api_user(console_stack, f"other@{domain}") == 404
