@@ -98,6 +98,31 @@ def test_a_local_domain_and_an_alias_are_added_listed_and_the_alias_deleted(
     assert console_stack.api.session.get(console_stack.url(f"/aliases/{address}")
                                          ).status_code == 404
     screenshot(browser, tmp_path, "aliases-deleted")
+    assert csp_violations(browser) == []
+
+
+def csp_violations(browser) -> list[str]:  # type: ignore[no-untyped-def]
+    """What the browser refused to run or apply under the pages' Content-Security-Policy."""
+    return [entry["message"] for entry in browser.get_log("browser")
+            if "Content Security Policy" in entry["message"]]
+
+
+PAGES = ("users", "domains", "aliases", "relayips", "routes", "dkim")
+
+
+def test_the_pages_label_every_field_and_need_no_inline_script_or_style(client: FormClient) -> None:
+    for page in PAGES:
+        for response in (client.request("GET", f"/console/{page}"),
+                         client.post_form(f"/console/{page}", {})):
+            text = response.text  # type: ignore[attr-defined]
+            assert response.status in (200, 422), page
+            assert not re.search(r"<script(?![^>]*\bsrc=)|\sstyle=|\son[a-z]+=", text), page
+            controls = [tag for tag in re.findall(r"<(?:input|select|textarea)\b[^>]*>", text)
+                        if 'type="hidden"' not in tag]
+            assert controls, page
+            for tag in controls:  # every field has its <label>
+                [control_id] = re.findall(r'\bid="([^"]+)"', tag)
+                assert re.search(rf'<label[^>]* for="{control_id}"', text), (page, tag)
 
 
 LOGIN = f"refused-{secrets.token_hex(3)}@users.test"

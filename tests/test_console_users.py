@@ -92,6 +92,8 @@ def test_a_bad_quota_is_shown_next_to_its_field_then_a_good_one_creates_the_user
     assert [cell.text for cell in row.find_elements(By.TAG_NAME, "td")][1:6] == [
         "yes", "no", "yes", "50M", "no"]
     screenshot(browser, tmp_path, "users-created")
+    assert [entry for entry in browser.get_log("browser")
+            if "Content Security Policy" in entry["message"]] == []
 
 
 def test_a_changed_password_works_over_smtp_and_the_user_is_deleted_after_confirmation(
@@ -125,6 +127,8 @@ def test_a_changed_password_works_over_smtp_and_the_user_is_deleted_after_confir
     assert f"User {login} deleted." in browser.find_element(By.CSS_SELECTOR, ".alert").text
     assert api_user(console_stack, login) == 404
     screenshot(browser, tmp_path, "users-deleted")
+    assert [entry for entry in browser.get_log("browser")
+            if "Content Security Policy" in entry["message"]] == []
 
 
 @pytest.fixture
