@@ -13,9 +13,14 @@ temp dirs of passing tests, and CI keeps that directory.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
+import re
 import shutil
+import ssl
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -93,10 +98,10 @@ class ConsoleStack:
             client.send_message(message, sender, rcpts)
 
 
-@pytest.fixture(scope="module")
-def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
-    data = tmp_path_factory.mktemp("console")
-    api = start_api(data, TMAIL_RELAY_NETWORKS="127.0.0.0/8")
+@contextlib.contextmanager
+def running_stack(data: Path, **extra: str) -> Iterator[ConsoleStack]:
+    """gunicorn and the SMTP receiver on ``data`` (``extra``: more TMAIL_ settings)."""
+    api = start_api(data, TMAIL_RELAY_NETWORKS="127.0.0.0/8", **extra)
     try:
         receiver = start_receiver(api.env, data / "receiver.log")
         try:
@@ -105,6 +110,12 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleS
             stop(receiver.process)
     finally:
         stop(api.process)
+
+
+@pytest.fixture(scope="module")
+def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
+    with running_stack(tmp_path_factory.mktemp("console")) as stack:
+        yield stack
 
 
 def sign_in(driver, stack: ConsoleStack, password: str = "admin") -> None:  # type: ignore[no-untyped-def]
@@ -122,13 +133,14 @@ def sign_in(driver, stack: ConsoleStack, password: str = "admin") -> None:  # ty
 
 
 def submit(driver, element) -> None:  # type: ignore[no-untyped-def]
-    """Submit (or click) ``element`` and wait until the page it leads to has replaced this one."""
+    """Submit ``element``'s form (or click it: a button, a link) and wait until the page it
+    leads to has replaced this one."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
-    if element.tag_name == "button" or element.get_attribute("type") == "submit":
+    if element.tag_name in ("a", "button") or element.get_attribute("type") == "submit":
         element.click()
     else:
         element.submit()
@@ -142,3 +154,50 @@ def screenshot(driver, directory: Path, name: str) -> Path:  # type: ignore[no-u
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, ARTIFACTS / path.name)
     return path
+
+
+class FormClient:
+    """A browser without a browser: one HTTPS connection per request from ``source``, the
+    console's cookie kept, the CSRF token read from the page it last got."""
+
+    def __init__(self, stack: ConsoleStack, source: str) -> None:
+        host, port = stack.api.base_url.removeprefix("https://").rsplit(":", 1)
+        self.host, self.port, self.source = host, int(port), source
+        self.context = ssl.create_default_context(cafile=str(stack.api.cert))
+        self.cookie = ""
+        self.token = ""
+
+    def request(self, method: str, path: str, body: str = "") -> http.client.HTTPResponse:
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
+                                           timeout=30, source_address=(self.source, 0))
+        # Flask-WTF checks that an HTTPS form comes from our own pages, as browsers say.
+        headers = {"Connection": "close", "Referer": f"https://{self.host}:{self.port}/console/"}
+        if self.cookie:
+            headers["Cookie"] = self.cookie
+        if body:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn.request(method, path, body=body.encode(), headers=headers)
+        response = conn.getresponse()
+        response.text = response.read().decode()  # type: ignore[attr-defined]
+        conn.close()
+        set_cookie = response.headers.get("Set-Cookie", "")
+        if set_cookie:
+            self.cookie = set_cookie.split(";", 1)[0]
+        token = re.search(r'<input[^>]* name="csrf_token"[^>]* value="([^"]+)"',
+                          response.text)  # type: ignore[attr-defined]
+        if token:
+            self.token = token.group(1)
+        return response
+
+    def post_form(self, path: str, fields: dict[str, str | bool]) -> http.client.HTTPResponse:
+        """POST ``fields`` as a browser sends a form: with the CSRF token of the last page,
+        a checked box as ``y``, an unchecked one left out."""
+        pairs = [("csrf_token", self.token)] + [
+            (name, "y" if value is True else value) for name, value in fields.items()
+            if value is not False]
+        return self.request("POST", path, urllib.parse.urlencode(pairs))
+
+    def sign_in(self, password: str) -> http.client.HTTPResponse:
+        self.request("GET", "/console/sign-in")
+        return self.request("POST", "/console/sign-in",
+                            f"csrf_token={self.token}&username=admin&password={password}")

@@ -39,7 +39,10 @@ NAV = (
 
 def init_app(app: Flask, config: Config) -> None:
     # The page modules import ``bp``: imported here, once it exists.
+    from app.console import directory as _directory  # noqa: F401  (console.domains...)
+    from app.console import dkim as _dkim  # noqa: F401  (console.dkim*)
     from app.console import format, overview, security, session, signin
+    from app.console import users as _users  # noqa: F401  (console.users*)
 
     del overview, signin  # imported for the views they register on bp
     app.config.update(
