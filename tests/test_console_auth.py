@@ -3,55 +3,13 @@ cookie, sign-out, CSRF, the shared throttle and the security headers."""
 
 from __future__ import annotations
 
-import http.client
-import re
-import ssl
 from pathlib import Path
 
 from selenium.webdriver.common.by import By
 
 from app.throttle import MAX_FAILURES
-from tests.browser import ConsoleStack, screenshot, sign_in, submit
+from tests.browser import ConsoleStack, FormClient, screenshot, sign_in, submit
 from tests.test_admin_auth import get_users
-
-
-class FormClient:
-    """A browser without a browser: one HTTPS connection per request from ``source``, the
-    console's cookie kept, the CSRF token read from the page it last got."""
-
-    def __init__(self, stack: ConsoleStack, source: str) -> None:
-        host, port = stack.api.base_url.removeprefix("https://").rsplit(":", 1)
-        self.host, self.port, self.source = host, int(port), source
-        self.context = ssl.create_default_context(cafile=str(stack.api.cert))
-        self.cookie = ""
-        self.token = ""
-
-    def request(self, method: str, path: str, body: str = "") -> http.client.HTTPResponse:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
-                                           timeout=30, source_address=(self.source, 0))
-        # Flask-WTF checks that an HTTPS form comes from our own pages, as browsers say.
-        headers = {"Connection": "close", "Referer": f"https://{self.host}:{self.port}/console/"}
-        if self.cookie:
-            headers["Cookie"] = self.cookie
-        if body:
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        conn.request(method, path, body=body.encode(), headers=headers)
-        response = conn.getresponse()
-        response.text = response.read().decode()  # type: ignore[attr-defined]
-        conn.close()
-        set_cookie = response.headers.get("Set-Cookie", "")
-        if set_cookie:
-            self.cookie = set_cookie.split(";", 1)[0]
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"',
-                          response.text)  # type: ignore[attr-defined]
-        if token:
-            self.token = token.group(1)
-        return response
-
-    def sign_in(self, password: str) -> http.client.HTTPResponse:
-        self.request("GET", "/console/sign-in")
-        return self.request("POST", "/console/sign-in",
-                            f"csrf_token={self.token}&username=admin&password={password}")
 
 
 def test_a_wrong_password_is_refused_and_the_right_one_opens_the_overview(
