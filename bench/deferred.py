@@ -60,8 +60,9 @@ QUIET = 0.05  # share of one core below which the daemon counts as idle
 
 
 def fill_deferred(queue: Path, records: int, *, batch: int = 250,
-                  processes: int = 4) -> float:
-    """``records`` deferred records in the queue at ``queue``; returns the seconds it took.
+                  processes: int = 4, hosts: int = DEAD_HOSTS) -> float:
+    """``records`` deferred records in the queue at ``queue``, to ``hosts`` domains in
+    turn (``d0.example``...); returns the seconds it took.
 
     The store's Python code is the cost (about a millisecond per record enqueued and
     deferred), so batches go through it in several processes at once, each with its own
@@ -73,8 +74,8 @@ def fill_deferred(queue: Path, records: int, *, batch: int = 250,
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(processes, mp_context=context, initializer=_fill_worker,
                              initargs=(queue,)) as pool:
-        for future in [pool.submit(_fill_batch, moment, start, min(records, start + batch))
-                       for start in range(0, records, batch)]:
+        for future in [pool.submit(_fill_batch, moment, start, min(records, start + batch),
+                                   hosts) for start in range(0, records, batch)]:
             future.result()
     os.sync()  # the kernel's write-back of the filling stays out of the figures
     return time.perf_counter() - started
@@ -96,7 +97,7 @@ def _fill_worker(queue: Path) -> None:
     _fill_store = QueueStore(queue, id_block=1000)
 
 
-def _fill_batch(moment: datetime, start: int, end: int) -> None:
+def _fill_batch(moment: datetime, start: int, end: int, hosts: int = DEAD_HOSTS) -> None:
     """Records ``start`` to ``end``: enqueued, then deferred as the runner defers them.
 
     The deferred record is written over the enqueued one in place, where the runner writes a
@@ -107,7 +108,7 @@ def _fill_batch(moment: datetime, start: int, end: int) -> None:
     store, rng = _fill_store, random.Random(start)
     assert store is not None
     layout = store.layout
-    envelopes = [Envelope(BODY, "sender@bench.test", [f"r{n}@d{n % DEAD_HOSTS}.example"])
+    envelopes = [Envelope(BODY, "sender@bench.test", [f"r{n}@d{n % hosts}.example"])
                  for n in range(start, end)]
     for records in store.enqueue_many(envelopes):
         assert not isinstance(records, Exception), records

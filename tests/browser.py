@@ -197,6 +197,7 @@ class FormClient:
             if value is not False]
         return self.request("POST", path, urllib.parse.urlencode(pairs))
 
+
     def sign_in(self, password: str) -> http.client.HTTPResponse:
         self.request("GET", "/console/sign-in")
         return self.request("POST", "/console/sign-in",

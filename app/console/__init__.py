@@ -45,6 +45,7 @@ def init_app(app: Flask, config: Config) -> None:
     from app.console import users as _users  # noqa: F401  (console.users*)
 
     del overview, signin  # imported for the views they register on bp
+    from app.console import message, queue  # noqa: F401  (the Queue and Message pages)
     app.config.update(
         BOOTSTRAP_SERVE_LOCAL=True,  # Bootstrap from the package, never a CDN
         BOOTSTRAP_BTN_SIZE="sm",

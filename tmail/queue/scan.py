@@ -152,6 +152,26 @@ class Scanner:
                 if memo is not None:  # not reached when the reader stops within the leaf
                     memo.done(leaf)
 
+    def leaves_descending(self, before: int = 0) -> Iterator[tuple[Path, list[int]]]:
+        """Each leaf directory of ``records/`` with its record ids below ``before`` (all of
+        them when 0), highest first, ids in descending order: a "newest first" page reads
+        the leaves at the top of the tree and stops, whatever the size of the queue.
+
+        Ids are found from the names alone (``layout.py``): a leaf (and a top directory)
+        whose whole id range lies at or above ``before`` is skipped without listing it.
+        """
+        for top in reversed(self.numeric_dirs(self.layout.records)):
+            if before and int(top.name) * 1_000_000 >= before:
+                continue
+            for leaf in reversed(self.numeric_dirs(top)):
+                if before and int(top.name) * 1_000_000 + int(leaf.name) * 1000 >= before:
+                    continue
+                ids = record_ids([entry.name for entry in self.entries(leaf)])
+                if before:
+                    ids = [record_id for record_id in ids if record_id < before]
+                if ids:
+                    yield leaf, sorted(ids, reverse=True)
+
     def open_dir(self, path: Path) -> int | None:
         try:
             return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
