@@ -61,7 +61,7 @@ def _created(form: FlaskForm, action: Callable[[], str], endpoint: str, *,
              renames: dict[str, str]) -> Response | None:
     """The create form's POST: a redirect with what was made, or ``None`` with the reasons
     on the form. A duplicate (409 in the API) names no field: under the first one."""
-    first = next(name for name in form._fields if name != "csrf_token")
+    first = next(field.name for field in form if field.name != "csrf_token")
     made = attempt(form, action, renames=renames, fallbacks={Conflict: first})
     if made is None:
         return None

@@ -36,8 +36,8 @@ def body(form: FlaskForm, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """The form's values as the API's JSON body: every field but the CSRF token and ``skip``
     (the parts the API takes from its path), empty text left out so that the schema's own
     default applies, as for a key the client does not send."""
-    return {name: field.data for name, field in form._fields.items()
-            if name != "csrf_token" and name not in skip and field.data not in ("", None)}
+    return {field.name: field.data for field in form
+            if field.name not in ("csrf_token", *skip) and field.data not in ("", None)}
 
 
 def choices(schema: type[Schema], name: str) -> list[tuple[str, str]]:
@@ -84,14 +84,14 @@ def place_errors(form: FlaskForm, exc: Exception, renames: dict[str, str],
 
 
 def _field(form: FlaskForm, name: str) -> bool:
-    return name in form._fields and name != "csrf_token"
+    return name in form and name != "csrf_token"
 
 
 def _add(form: FlaskForm, name: str, messages: list[str], fallback: str) -> None:
     if not _field(form, name):
         name = fallback
     if name:
-        field = form._fields[name]
+        field = form[name]
         field.errors = [*field.errors, *messages]
     else:
         form.form_errors = [*form.form_errors, *messages]
