@@ -120,13 +120,16 @@ class Connection(asyncio.Protocol):
             async with asyncio.timeout(timeout):
                 await self._can_write
 
-    async def close(self, timeout: float) -> None:
-        """Send what is queued, then close (the transport sends its buffer first)."""
-        try:
-            await self.flush(timeout)
-        finally:
-            if self.transport is not None:
-                self.transport.close()
+    def close(self, timeout: float) -> None:
+        """Send what is queued, then close. The transport closes once its buffer is sent; a
+        client that does not read it loses the connection after ``timeout``."""
+        self._send()
+        transport = self.transport
+        if transport is None:
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            self.loop.call_later(timeout, transport.abort)
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -94,10 +94,7 @@ class Session:
             log.exception("client=%s: unexpected error in the SMTP session", state.client_ip)
             self.connection.abort()
             return
-        try:
-            await self.connection.close(self._timeout)
-        except (TimeoutError, ConnectionError):
-            self.connection.abort()
+        self.connection.close(self._timeout)
 
     async def read_line(self) -> bytes:
         """The next command line (or AUTH answer), without its line end."""
