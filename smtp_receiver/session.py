@@ -38,6 +38,7 @@ log = logging.getLogger("smtp_receiver")
 
 COMMAND_LIMIT = 512  # octets of a command line with its CRLF (RFC 5321 §4.5.3.1.4)
 MAIL_EXTRA = 26 + 10  # what SIZE (RFC 1870) and SMTPUTF8 (RFC 6531) add to MAIL's
+AUTH_LIMIT = 12_288  # an AUTH line with its initial response (RFC 4954 §4)
 JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})  # smtpd_junk_command_limit's commands
 
 
@@ -109,7 +110,8 @@ class Session:
             verb = verb_bytes.decode("ascii").upper()
         except UnicodeDecodeError:
             verb = ""
-        limit = COMMAND_LIMIT + (MAIL_EXTRA if verb == "MAIL" and self.state.extended else 0)
+        limit = AUTH_LIMIT if verb == "AUTH" else COMMAND_LIMIT + (
+            MAIL_EXTRA if verb == "MAIL" and self.state.extended else 0)
         method = COMMANDS.get(verb)
         if len(line) > limit:
             self.reply("500 5.5.2 Error: command line too long")

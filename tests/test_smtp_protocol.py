@@ -4,6 +4,7 @@ over-long lines, an AUTH exchange cancelled. A real receiver, raw sockets on loo
 
 from __future__ import annotations
 
+import base64
 import socket
 from collections.abc import Iterator
 
@@ -111,3 +112,11 @@ def test_a_client_that_closes_in_the_middle_of_a_line_leaves_the_receiver_servin
     with receiver.raw() as client:
         assert client.command(b"EHLO next.test").startswith(b"250")
     assert b"Traceback" not in receiver.log.read_bytes()[logged:]
+
+
+def test_an_auth_line_may_carry_a_long_initial_response(receiver: Receiver) -> None:
+    """RFC 4954 §4: up to 12,288 octets, past the 512 of other commands."""
+    token = base64.b64encode(b"z" * 600 + b"\0bob@" + LOCAL.encode() + b"\0password1")
+    with receiver.raw() as client:
+        assert client.command(b"EHLO auth.test").startswith(b"250")
+        assert client.command(b"AUTH PLAIN " + token).startswith(b"235 2.7.0")
