@@ -158,10 +158,10 @@ class Session:
             self._count_error()
         return self.state.hang_up
 
-    def _refused_before(self, helo: str = "HELO/EHLO") -> bool:
+    def _refused_before(self) -> bool:
         """Replies and says so when the command needs a greeting, or a login first."""
         if not self.state.helo:
-            self.reply(f"503 5.5.1 Error: send {helo} first")
+            self.reply("503 5.5.1 Error: send HELO/EHLO first")
             return True
         if self.state.submission and not self.state.auth_login:
             self.reply("530 5.7.0 Authentication required")
