@@ -16,7 +16,6 @@ import os
 import resource
 import signal
 import sys
-import warnings
 from collections.abc import Sequence
 
 from smtp_receiver.committer import GroupCommitter
@@ -77,32 +76,10 @@ def serve_one(config: tmail_config.Config) -> None:
     asyncio.run(run(config))
 
 
-def quiet_protocol_log() -> None:
-    """aiosmtpd logs every command line, reply and connection at INFO (logger ``mail.log``):
-    about ten synchronous writes per message, a fifth of the receiver's CPU under a flood of
-    short sessions, and not what an admin reads. The receiver logs one line per transaction
-    (as Postfix's smtpd does); aiosmtpd's warnings and errors still come through."""
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-
-
-def quiet_implicit_tls_warning() -> None:
-    """On 465 the session is TLS from the first byte, so it needs no STARTTLS before AUTH;
-    aiosmtpd only knows STARTTLS and, for every such session, both warns and logs that AUTH
-    is required without TLS being required (``auth_require_tls`` false). That is not so
-    here, and a line per session would bury the log."""
-    warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS",
-                            module="aiosmtpd")
-    logging.getLogger("mail.log").addFilter(
-        lambda record: record.getMessage() != "auth_required == True but "
-                                              "auth_require_tls == False")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     config = start("smtp_receiver")
     if config is None:
         return 2
-    quiet_protocol_log()
-    quiet_implicit_tls_warning()
     raise_fd_limit(config)
     ensure_certificate(config)  # once, before the workers start (they read its files)
     if config.smtp_processes == 1:

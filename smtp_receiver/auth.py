@@ -12,8 +12,7 @@ import asyncio
 import base64
 import binascii
 import logging
-
-from aiosmtpd.smtp import SMTP
+from typing import Protocol
 
 from smtp_receiver.limits import AuthFailures
 from smtp_receiver.state import SessionState
@@ -22,6 +21,20 @@ from tmail.text import printable
 from tmail.users import UserStore
 
 log = logging.getLogger("smtp_receiver")
+
+MECHANISMS = ("LOGIN", "PLAIN")  # as EHLO lists them
+
+
+class Challenger(Protocol):
+    """The session, as an AUTH exchange needs it."""
+
+    async def challenge(self, prompt: bytes) -> bytes:
+        """Send ``334 <prompt>``; the client's answer line, stripped."""
+        ...
+
+
+class Cancelled(Exception):
+    """The client answered a challenge with ``*`` (RFC 4954 §4)."""
 
 
 class Authenticator:
@@ -32,14 +45,18 @@ class Authenticator:
         self.failure_delay = failure_delay
         self.max_session_failures = max_session_failures
 
-    async def authenticate(self, server: SMTP, state: SessionState,
-                           args: list[str]) -> str | None:
-        """The reply to ``AUTH <args>``; ``None`` when the connection was closed instead."""
+    async def authenticate(self, session: Challenger, state: SessionState,
+                           args: list[str]) -> str:
+        """The reply to ``AUTH <args>`` (a known mechanism, its initial response if any);
+        ``state.hang_up`` is set when the session must end after it."""
         if self.failures.blocked(state.client_ip):
             log.warning("client=%s: AUTH refused: too many failures from this address",
                         state.client_ip)
             return "454 4.7.0 Too many failed authentications from your address, try later"
-        credentials = await _read_credentials(server, args)
+        try:
+            credentials = await _read_credentials(session, args)
+        except Cancelled:
+            return "501 5.7.0 Authentication aborted"
         if credentials is None:
             return "501 5.5.2 Cannot decode response"
         login, password = credentials
@@ -59,35 +76,34 @@ class Authenticator:
                     printable(login), state.auth_failures)
         await asyncio.sleep(self.failure_delay)
         if state.auth_failures >= self.max_session_failures:
-            await server.push("421 4.7.0 Too many authentication failures, closing")
-            if server.transport is not None:
-                server.transport.close()
-            return None
+            state.hang_up = True
+            return "421 4.7.0 Too many authentication failures, closing"
         return "535 5.7.8 Authentication credentials invalid"
 
 
-async def _read_credentials(server: SMTP, args: list[str]) -> tuple[str, str] | None:
+async def _answer(session: Challenger, prompt: bytes) -> bytes:
+    """The decoded answer to one challenge (``prompt`` in clear, sent base64-encoded)."""
+    line = await session.challenge(base64.b64encode(prompt))
+    if line == b"*":
+        raise Cancelled()
+    return base64.b64decode(line, validate=True)
+
+
+def _initial(response: str) -> bytes:
+    """An initial response; ``=`` is an empty one (RFC 4954 §4)."""
+    return b"" if response == "=" else base64.b64decode(response, validate=True)
+
+
+async def _read_credentials(session: Challenger, args: list[str]) -> tuple[str, str] | None:
     """``(login, password)`` from the AUTH command and its challenges, or ``None``."""
     mechanism = args[0].upper()
     try:
         if mechanism == "PLAIN":
-            if len(args) > 1:
-                raw = base64.b64decode(args[1], validate=True)
-            else:
-                raw = await server.challenge_auth("", encode_to_b64=False)
-            if not isinstance(raw, bytes):
-                return None
+            raw = _initial(args[1]) if len(args) > 1 else await _answer(session, b"")
             _, login, password = raw.split(b"\0", 2)
         else:
-            login = args[1].encode() if len(args) > 1 else await server.challenge_auth(
-                "Username:")
-            if not isinstance(login, bytes):
-                return None
-            if len(args) > 1:
-                login = base64.b64decode(login, validate=True)
-            password = await server.challenge_auth("Password:")
-            if not isinstance(password, bytes):
-                return None
+            login = _initial(args[1]) if len(args) > 1 else await _answer(session, b"Username:")
+            password = await _answer(session, b"Password:")
         return login.decode(), password.decode()
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None

@@ -8,8 +8,10 @@ character or bytes that are not UTF-8.
 from __future__ import annotations
 
 import re
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 
-from tmail.address import Address, AddressError, parse_domain
+from tmail.address import MAX_LOCAL_PART, Address, AddressError, parse_domain
 
 # RFC 1123 host names, one label allowed (Windows clients say "EHLO DESKTOP-1A2B3C"), with
 # the underscore Postfix's valid_hostname() tolerates too.
@@ -49,3 +51,52 @@ def parse_address(text: str, *, smtputf8: bool, sender: bool) -> Address | str:
         return replies[0] if sender else replies[1]
 
 
+
+# The common case of MAIL FROM/RCPT TO: <dot-atom@domain> then parameters. The email
+# package's RFC 5322 parser (below) was a tenth of the receiver's CPU under load; this match
+# gives the same answer for these paths, the rest still goes through the full parser.
+_SIMPLE_PATH = re.compile(
+    r"<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\.)*[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)",
+    re.DOTALL,
+)
+
+
+def split_path(arg: str) -> tuple[str | None, str]:
+    """The address of ``<path> params`` and the parameters; ``"<>"`` for the null path,
+    ``""`` for none, ``None`` when it does not parse (``501 5.1.3``). As lenient as Postfix
+    (and aiosmtpd before us): a path without angle brackets or with a comment is read by
+    the email package's parser; the address itself is checked by :func:`parse_address`."""
+    stripped = arg.lstrip()
+    if stripped.startswith("<>"):
+        return "<>", stripped[2:].lstrip()
+    match = _SIMPLE_PATH.fullmatch(stripped)
+    if match is not None and not match.group(2).lstrip().startswith("("):
+        address, rest = match.groups()
+        return (None, "") if len(address.rpartition("@")[0]) > MAX_LOCAL_PART else (
+            address, rest.lstrip())
+    if not stripped:
+        return "", ""
+    try:
+        if stripped.startswith("<"):
+            token, rest = get_angle_addr(stripped)
+        else:
+            token, rest = get_addr_spec(stripped)
+    except HeaderParseError:
+        return None, ""
+    address = token.addr_spec
+    if len(address.rpartition("@")[0]) > MAX_LOCAL_PART:
+        return None, ""
+    return address, rest.lstrip()
+
+
+def split_params(text: str) -> dict[str, str | bool] | None:
+    """``KEY=VALUE`` and ``KEY`` parameters (RFC 5321 esmtp-param), upper-cased; ``None``
+    when one is malformed."""
+    found: dict[str, str | bool] = {}
+    for param in text.upper().split():
+        key, equals, value = param.partition("=")
+        if not key.isalnum() or (equals and not value):
+            return None
+        found[key] = value if equals else True
+    return found

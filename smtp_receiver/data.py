@@ -1,7 +1,7 @@
 """The DATA phase, streamed: from the client's socket to a spool file, in bounded memory.
 
-aiosmtpd keeps a whole message in memory (and the receiver used to copy it again to put its
-headers on top): fifty 25 MiB messages at once needed gigabytes. Here the bytes go through
+A DATA phase kept whole in memory (as aiosmtpd, the receiver's first protocol, did) costs
+gigabytes for fifty 25 MiB messages at once. Here the bytes go through
 three small stages, each holding at most a chunk or the header block:
 
 1. :func:`wire_chunks` reads the bytes as sent, up to the ``CRLF . CRLF`` that ends them and
@@ -58,7 +58,17 @@ class Deadline:
         return self._start + self._timeout + self.received / self._min_rate - self._clock()
 
 
-async def wire_chunks(reader: asyncio.StreamReader, deadline: Deadline) -> AsyncIterator[bytes]:
+class ByteStream(Protocol):
+    """What :func:`wire_chunks` reads: ``asyncio.StreamReader``'s two reads, with its
+    ``LimitOverrunError`` and ``IncompleteReadError`` (the receiver's
+    :class:`~smtp_receiver.connection.Connection`, or a StreamReader in tests)."""
+
+    async def readuntil(self, separator: bytes) -> bytes: ...
+
+    async def readexactly(self, count: int) -> bytes: ...
+
+
+async def wire_chunks(reader: ByteStream, deadline: Deadline) -> AsyncIterator[bytes]:
     """The DATA bytes as sent (still dot-stuffed), up to and with the CRLF that precedes the
     final dot line; raises ``TimeoutError`` when the deadline passes.
 

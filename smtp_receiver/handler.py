@@ -1,5 +1,6 @@
-"""The aiosmtpd handler: the client is checked at HELO, recipients at RCPT, and ``250`` is
-sent at the end of DATA only once the message is durable in the queue.
+"""What the receiver decides about a session (:mod:`smtp_receiver.session` speaks the
+protocol): the sender at MAIL, recipients at RCPT, and ``250`` at the end of DATA only once
+the message is durable in the queue.
 
 Every SQLite call (AUTH, the recipient policy) runs in a worker thread, never on the event
 loop that serves every session of the process.
@@ -12,16 +13,14 @@ import errno
 import logging
 from collections.abc import AsyncIterator
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
-
 from smtp_receiver.auth import Authenticator
-from smtp_receiver.checks import parse_address, valid_helo
+from smtp_receiver.checks import parse_address
 from smtp_receiver.committer import GroupCommitter
 from smtp_receiver.data import Framer, HeaderBlock, MessageWriter, receive
 from smtp_receiver.limits import AuthFailures
 from smtp_receiver.policy import RecipientPolicy, Refusal
 from smtp_receiver.state import SessionState
-from smtp_receiver.submission import NOT_OWNED, Listener, SenderRules
+from smtp_receiver.submission import NOT_OWNED, SenderRules
 from smtp_receiver.trace import protocol, received_header
 from tmail.config import Config
 from tmail.db import open_database
@@ -45,26 +44,14 @@ _CONTENT_REPLIES = {
 _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
-def _targets(state: SessionState, envelope: Envelope) -> list[Target]:
+def _targets(state: SessionState) -> list[Target]:
     """One target per final recipient of the message (Postfix's cleanup drops duplicates
     too): two RCPTs expanding to the same address give one record, the first one's."""
     found: dict[tuple[str, str], Target] = {}
-    for rcpt in envelope.rcpt_tos:
+    for rcpt in state.rcpt_tos:
         for target in state.targets[rcpt]:
             found.setdefault((target.rcpt_to.lower(), target.pipe), target)
     return list(found.values())
-
-
-def _state(server: SMTP) -> SessionState:
-    state = getattr(server, "state", None)
-    assert isinstance(state, SessionState)
-    return state
-
-
-def _listener(server: SMTP) -> Listener:
-    listener = getattr(server, "listener", None)
-    assert isinstance(listener, Listener)
-    return listener
 
 
 class ReceiverHandler:
@@ -90,94 +77,60 @@ class ReceiverHandler:
             log.warning("TMAIL_POSTMASTER is not set: postmaster@ a local domain without an "
                         "alias or user of that name is refused (RFC 5321 4.5.1 wants it)")
         self.committer = committer
-        # (no attribute may start with "auth_": aiosmtpd takes those for AUTH mechanisms)
         self.authenticator = Authenticator(
             users, AuthFailures(config.smtp_auth_failure_limit, config.smtp_auth_failure_window),
             failure_delay=login_failure_delay)
 
-    # --- greeting and authentication -----------------------------------------------------
-
-    async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope,
-                          hostname: str) -> str:
-        if not valid_helo(hostname):
-            session.host_name = None
-            return "501 5.5.2 Invalid HELO hostname"
-        session.host_name = hostname
-        return f"250 {server.hostname}"
-
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
-        if not valid_helo(hostname):
-            session.host_name = None
-            return ["501 5.5.2 Invalid EHLO hostname"]
-        session.host_name = hostname
-        if not self.config.smtp_smtputf8:
-            responses = [line for line in responses if line != "250-SMTPUTF8"]
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
-
-    async def handle_AUTH(self, server: SMTP, session: Session, envelope: Envelope,
-                          args: list[str]) -> str | None:
-        state = _state(server)
-        reply = await self.authenticator.authenticate(server, state, args)
-        if state.auth_login:
-            session.authenticated = True
-            session.auth_data = state.auth_login
-        return reply
-
     # --- the transaction ---------------------------------------------------------------
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
-        state = _state(server)
-        if envelope.smtp_utf8 and not self.config.smtp_smtputf8:
+    async def mail(self, state: SessionState, address: str, smtputf8: bool) -> str:
+        """MAIL FROM:<address> (its syntax and parameters checked by the session)."""
+        if smtputf8 and not self.config.smtp_smtputf8:
             return "555 5.5.4 SMTPUTF8 is not supported"
-        state.smtputf8 = envelope.smtp_utf8
         parsed = None
         if address != "<>":
-            parsed = parse_address(address, smtputf8=state.smtputf8, sender=True)
+            parsed = parse_address(address, smtputf8=smtputf8, sender=True)
             if isinstance(parsed, str):
                 self.refused("bad_address")
                 return parsed
-        if _listener(server).submission:
+        if state.submission:
             loop = asyncio.get_running_loop()
             refusal = await loop.run_in_executor(None, self.senders.check_envelope,
                                                  state.auth_login, parsed)
             if refusal is not None:
-                self._log(state, envelope, f"reject: MAIL <{address}>: {refusal}")
+                self._log(state, f"reject: MAIL <{address}>: {refusal}")
                 self.refused("sender_not_owned" if refusal == NOT_OWNED else "lookup_failure")
                 return refusal
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        state.targets = {}
+        state.reset_transaction()
+        state.mail_from, state.smtputf8 = address, smtputf8
         return "250 2.1.0 Ok"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
-        state = _state(server)
+    async def rcpt(self, state: SessionState, address: str) -> str:
+        """RCPT TO:<address> (its syntax checked by the session, MAIL given)."""
         if state.rejected_rcpts >= self.config.smtp_rejected_rcpt_limit:
             log.warning("client=%s: too many rejected recipients", state.client_ip)
             state.hang_up = True
-            return f"421 4.7.0 {server.hostname} Error: too many rejected recipients"
+            return f"421 4.7.0 {self.config.hostname} Error: too many rejected recipients"
         # On the submission ports every logged-in user relays; on the MX, those with AuthRelay.
-        relay = state.auth_relay or (_listener(server).submission and bool(state.auth_login))
-        reply = await self._check_rcpt(state, envelope, address, relay)
+        relay = state.auth_relay or (state.submission and bool(state.auth_login))
+        reply = await self._check_rcpt(state, address, relay)
         if not isinstance(reply, str):
-            envelope.rcpt_tos.append(address)
+            state.rcpt_tos.append(address)
             state.targets.setdefault(address, reply)
             return "250 2.1.5 Ok"
         if reply.startswith("5"):
             state.rejected_rcpts += 1
         return reply
 
-    async def _check_rcpt(self, state: SessionState, envelope: Envelope,
-                          address: str, relay: bool) -> list[Target] | str:
+    async def _check_rcpt(self, state: SessionState, address: str,
+                          relay: bool) -> list[Target] | str:
         """The targets ``address`` expands to (:mod:`tmail.directory.expansion`: aliases are
         expanded here, once, and queued as they are), else the reply that refuses it."""
         parsed = parse_address(address, smtputf8=state.smtputf8, sender=False)
         if isinstance(parsed, str):
             self.refused("bad_address")
             return parsed
-        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+        if len(state.rcpt_tos) >= self.config.max_recipients:
             self.refused("too_many_recipients")
             return "452 4.5.3 Error: too many recipients"
         loop = asyncio.get_running_loop()
@@ -185,59 +138,54 @@ class ReceiverHandler:
                                              state.client_ip, relay)
         if not isinstance(refusal, Refusal):
             return refusal
-        self._log(state, envelope, f"reject: RCPT <{address}>: {refusal}")
+        self._log(state, f"reject: RCPT <{address}>: {refusal}")
         self.refused(refusal.reason)
         return str(refusal)
 
-    async def receive_message(self, server: SMTP, session: Session, envelope: Envelope,
-                              chunks: AsyncIterator[bytes]) -> str:
-        """The DATA phase (called by ``TmailSMTP.smtp_DATA``): stream the message into a
-        spool under our headers, then queue it; returns the final reply."""
-        state = _state(server)
+    async def receive_message(self, state: SessionState, chunks: AsyncIterator[bytes]) -> str:
+        """The DATA phase (after the session's ``354``): stream the message into a spool
+        under our headers, then queue it; returns the final reply."""
 
         def our_headers(head: HeaderBlock) -> bytes:
-            return self._headers(server, session, envelope, head)
+            return self._headers(state, head)
 
         writer = MessageWriter(self.config.max_message_size, self.config.max_hops,
                                self.store.spool, our_headers)
         received = await receive(chunks, Framer(self.config.smtp_bare_newline == "normalize"),
                                  writer)
         if received.spool is None:
-            return self._refuse_content(server, state, envelope, received.refusal,
-                                        received.error)
-        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+            return self._refuse_content(state, received.refusal, received.error)
+        mail_from = "" if state.mail_from == "<>" else state.mail_from or ""
         size = received.spool.size
         try:
-            if _listener(server).submission:
-                refusal = await self._check_from(state, envelope, writer.head)
+            if state.submission:
+                refusal = await self._check_from(state, writer.head)
                 if refusal is not None:
                     return refusal  # not queued: the spool goes below
             records = await self.committer.submit(QueueEnvelope(
-                received.spool, mail_from, _targets(state, envelope), state.auth_login,
+                received.spool, mail_from, _targets(state), state.auth_login,
                 state.client_ip))
         except OSError as exc:  # QueueWriteError; anything else goes to handle_exception
-            return self._refuse_content(server, state, envelope, "queue_error", exc)
+            return self._refuse_content(state, "queue_error", exc)
         finally:
             received.spool.discard()  # a no-op once the store took it (cancelled: not yet)
         state.message_accepted()
         self.counters.inc(SMTP_MESSAGES, result="accepted", reason="")
         uuid = records[0].uuid
-        self._log(state, envelope, f"queued as {uuid}, size={size}")
+        self._log(state, f"queued as {uuid}, size={size}")
         return f"250 2.0.0 Ok: queued as {uuid}"
 
-    async def _check_from(self, state: SessionState, envelope: Envelope,
-                          head: HeaderBlock) -> str | None:
+    async def _check_from(self, state: SessionState, head: HeaderBlock) -> str | None:
         """The submission ports' end-of-DATA rule: the user owns every ``From:`` address."""
         loop = asyncio.get_running_loop()
         refusal = await loop.run_in_executor(None, self.senders.check_from, state.auth_login,
                                              head.values("From"))
         if refusal is not None:
-            self._log(state, envelope, f"reject: DATA: From: {refusal}")
+            self._log(state, f"reject: DATA: From: {refusal}")
             self.refused("sender_not_owned" if refusal == NOT_OWNED else "lookup_failure")
         return refusal
 
-    def _refuse_content(self, server: SMTP, state: SessionState, envelope: Envelope,
-                        reason: str, error: OSError | None) -> str:
+    def _refuse_content(self, state: SessionState, reason: str, error: OSError | None) -> str:
         if error is not None:
             log.error("client=%s: queue write failed: %s", state.client_ip, error)
             reply = ("452 4.3.1 Insufficient system storage" if error.errno in _STORAGE_FULL
@@ -246,7 +194,7 @@ class ReceiverHandler:
             reply = _CONTENT_REPLIES[reason]
         if reason == "bare_newline":  # the client's framing is in doubt: as Postfix, hang up
             state.hang_up = True
-        self._log(state, envelope, f"reject: DATA: {reply}")
+        self._log(state, f"reject: DATA: {reply}")
         self.refused(reason)
         return reply
 
@@ -254,34 +202,31 @@ class ReceiverHandler:
         """Count a refused command (a recipient, a sender or a message) by reason class."""
         self.counters.inc(SMTP_MESSAGES, result="refused", reason=reason)
 
-    def _headers(self, server: SMTP, session: Session, envelope: Envelope,
-                 head: HeaderBlock) -> bytes:
+    def _headers(self, state: SessionState, head: HeaderBlock) -> bytes:
         """Our trace header, plus Message-ID/Date for authenticated submissions that lack
         them (as a submission server does), as CRLF lines to go first."""
         lines = []
         trace = received_header(
-            helo=session.host_name or "",
-            client_ip=_state(server).client_ip,
+            helo=state.helo,
+            client_ip=state.client_ip,
             hostname=self.config.hostname,
-            with_protocol=protocol(bool(session.extended_smtp),
-                                   bool(getattr(server, "encrypted", False)),
-                                   bool(session.authenticated)),
-            rcpt=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
+            with_protocol=protocol(state.extended, state.tls, bool(state.auth_login)),
+            rcpt=state.rcpt_tos[0] if len(state.rcpt_tos) == 1 else None,
         )
         lines.append(f"Received: {trace}")
-        if session.authenticated:
+        if state.auth_login:
             if not head.has("Message-ID"):
                 lines.append(f"Message-ID: {new_message_id(self.config.hostname)}")
             if not head.has("Date"):
                 lines.append(f"Date: {format_date()}")
         return "".join(line + "\r\n" for line in lines).encode("utf-8")
 
-    def _log(self, state: SessionState, envelope: Envelope, outcome: str) -> None:
+    def _log(self, state: SessionState, outcome: str) -> None:
         log.info(
             "client=%s auth=%s from=<%s> to=%s: %s",
             state.client_ip,
             printable(state.auth_login) or "-",
-            printable("" if envelope.mail_from == "<>" else envelope.mail_from or ""),
-            printable(",".join(f"<{r}>" for r in envelope.rcpt_tos)) or "-",
+            printable("" if state.mail_from == "<>" else state.mail_from or ""),
+            printable(",".join(f"<{r}>" for r in state.rcpt_tos)) or "-",
             printable(outcome),
         )

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import select
 import smtplib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +193,28 @@ def test_a_bad_receiver_setting_is_refused_by_name(
 ) -> None:
     with pytest.raises(tmail_config.ConfigError, match=variable):
         tmail_config.load(tmail_env(tmp_path, **{variable: value}))
+
+
+def test_a_client_that_never_reads_its_replies_is_cut_after_the_timeout(tight: Receiver) -> None:
+    """Replies the client leaves unread fill the socket, then the receiver's buffer: the
+    session waits for room at most TMAIL_SMTP_TIMEOUT, then ends (its 421 unread too)."""
+    with greeting_when_free(tight, "127.0.0.71") as client:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        outcome: list[BaseException] = []
+
+        def flood() -> None:
+            try:
+                for _ in range(2000):  # about 60 MB of EHLO replies asked for, none read
+                    client.sock.sendall(b"EHLO reader.test\r\n" * 1000)
+            except OSError as exc:
+                outcome.append(exc)
+
+        sender = threading.Thread(target=flood, daemon=True)
+        started = time.monotonic()
+        sender.start()
+        sender.join(60)
+        elapsed = time.monotonic() - started
+        assert outcome and not sender.is_alive(), "the receiver kept the session open"
+        assert elapsed < 8 * TIMEOUT, elapsed  # waiting for room, then the 421 unread
+    with greeting_when_free(tight, "127.0.0.72") as other:  # the receiver serves on
+        assert other.command(b"NOOP").startswith(b"250")
