@@ -157,6 +157,18 @@ def test_rotation_signs_with_the_newest_key_and_delete_stops_signing(
     assert store.read_raw(record.id) == MESSAGE
 
 
+def test_a_signer_remembers_keys_only_until_the_next_directory_change(
+        tmp_path: Path, database: Database, keys: KeyStore) -> None:
+    """The signer caches each domain's key (or its absence) by directory generation: a key
+    made by any node (another KeyStore on the same database) signs the very next message."""
+    store = queue(tmp_path, database)
+    [record] = store.enqueue(MESSAGE, "", ["b@elsewhere.example"], client_addr="local")
+    assert store.read_raw(record.id) == MESSAGE  # no key yet: remembered as none
+    KeyStore(database).create(DOMAIN, "ed25519", "fresh")
+    [record] = store.enqueue(MESSAGE, "", ["b@elsewhere.example"], client_addr="local")
+    assert signature_tags(store.read_raw(record.id) or b"")["s"] == "fresh"
+
+
 def test_a_database_that_cannot_answer_fails_the_message_for_a_retry(tmp_path: Path) -> None:
     (tmp_path / "users.db").mkdir()  # what SQLite cannot open (a missing file it would make)
     missing = Database(f"sqlite:///{tmp_path / 'users.db'}")

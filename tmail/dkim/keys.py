@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 
-from tmail.db import Database, metadata
+from tmail.db import Database, bump_generation, metadata
 from tmail.directory.domains import normalize_domain
 from tmail.directory.errors import Conflict, DirectoryError, InvalidEntry
 from tmail.directory.local import is_local_domain
@@ -205,6 +205,7 @@ class KeyStore:
                 conn.execute(insert(dkim_keys).values(
                     domain=ascii_domain, selector=chosen, algorithm=signature_algorithm,
                     private_key=private, public_key=public, created_at=now))
+                bump_generation(conn)  # the signers' caches of keys (signing.py)
         except sa_exc.IntegrityError:  # the same selector, made at that instant elsewhere
             raise Conflict(f"{ascii_domain}: a key was just made with that selector",
                            "selector exists") from None
@@ -227,8 +228,11 @@ class KeyStore:
         if ascii_domain is None:
             return 0
         with self.db.begin() as conn:
-            return conn.execute(delete(dkim_keys).where(
+            removed = conn.execute(delete(dkim_keys).where(
                 dkim_keys.c.domain == ascii_domain)).rowcount
+            if removed:
+                bump_generation(conn)  # no signer keeps signing with a deleted key
+            return removed
 
     def signing_key(self, conn: Connection, domain: str) -> SigningKey | None:
         """The private key ``domain``'s mail is signed with (the one reader of it)."""

@@ -28,6 +28,7 @@ import itertools
 import logging
 import mmap
 import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,6 +51,7 @@ SIGNED_HEADERS = ("from", "to", "cc", "subject", "date", "message-id", "mime-ver
                   "content-type", "reply-to", "in-reply-to", "references")
 CANONICALIZATION = (b"relaxed", b"relaxed")
 _CHUNK = 1024 * 1024
+_CACHED_DOMAINS = 4096  # From: domains a signer remembers (a key or none) per generation
 
 
 def from_domain(headers: bytes) -> str | None:
@@ -83,11 +85,21 @@ def signed_headers(headers: bytes) -> list[bytes]:
 
 class DkimSigner:
     """The queue's signing hook: ``signer(envelope, spooled) -> spooled`` (the same file when
-    nothing is signed, else a new one, the old one removed)."""
+    nothing is signed, else a new one, the old one removed).
+
+    Keys (and their absence) are kept per domain for as long as the directory generation
+    does not move: every key written or deleted bumps it (:mod:`.keys`), so a new key signs
+    from the next message on every node, and a trusted client's message costs the
+    generation read its trust check takes anyway, not one more query (the query was the
+    biggest share of the receiver's CPU for such clients: docs/benchmarks.md).
+    """
 
     def __init__(self, database: Database, directory: Directory) -> None:
         self._directory = directory
         self._keys = KeyStore(database)
+        self._cache: dict[str, SigningKey | None] = {}
+        self._cache_generation = -1
+        self._lock = threading.Lock()  # the receiver signs in one thread; sendmail in its own
 
     def __call__(self, envelope: Envelope, raw: SpooledFile) -> SpooledFile:
         try:
@@ -103,7 +115,19 @@ class DkimSigner:
             if not is_trusted(envelope, reader.in_relay_networks):
                 return None
             domain = from_domain(headers)
-            return self._keys.signing_key(reader.conn, domain) if domain else None
+            if not domain:
+                return None
+            generation = reader.snapshot.generation
+            with self._lock:
+                if generation != self._cache_generation:
+                    self._cache, self._cache_generation = {}, generation
+                if domain in self._cache:
+                    return self._cache[domain]
+            key = self._keys.signing_key(reader.conn, domain)
+            with self._lock:
+                if generation == self._cache_generation and len(self._cache) < _CACHED_DOMAINS:
+                    self._cache[domain] = key
+            return key
 
     def _sign(self, key: SigningKey, raw: SpooledFile) -> SpooledFile:
         with open(raw.path, "rb") as source, mmap.mmap(source.fileno(), 0,
