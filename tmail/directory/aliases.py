@@ -84,7 +84,7 @@ def check_targets(deliver_to: Sequence[str], pipe: str) -> tuple[str, ...]:
     for text in deliver_to:
         if not isinstance(text, str):
             raise InvalidEntry(f"deliverTo: {text!r} is not an address")
-        target = parse_alias_address(text.strip()) if text.strip().startswith("@") else None
+        target = _domain_target(text) if text.strip().startswith("@") else None
         if target is None:
             try:
                 target_address = Address.parse(text.strip(), allow_utf8=True)
@@ -96,6 +96,14 @@ def check_targets(deliver_to: Sequence[str], pipe: str) -> tuple[str, ...]:
     if pipe:
         check_pipe(pipe)
     return tuple(dict.fromkeys(targets))
+
+
+def _domain_target(text: str) -> AliasAddress:
+    """A ``@domain`` target, its error naming ``deliverTo`` (not the alias's own address)."""
+    try:
+        return parse_alias_address(text.strip())
+    except InvalidEntry as exc:
+        raise InvalidEntry(f"deliverTo: {exc.raw.removeprefix('domain: ')}") from None
 
 
 def check_pipe(pipe: str) -> list[str]:
