@@ -330,6 +330,10 @@ def test_a_bulk_action_without_a_filter_needs_all_records_ticked(
                              f"csrf_token={client.token}&action=hold&host=")
     assert refused.status == 422
     assert re.search(r'id="bulk-all-error">No filter: tick', refused.text)  # type: ignore[attr-defined]
+    chosen = client.request("POST", "/console/queue/bulk",
+                            f"csrf_token={client.token}&action=&host=x.example")
+    assert chosen.status == 422  # no action chosen: nothing is asked, nothing done
+    assert re.search(r'id="bulk-action-error">Missing data', chosen.text)  # type: ignore[attr-defined]
     count = sum(1 for _ in queue(console_stack).iter_raw_records())
     asked = client.request("POST", "/console/queue/bulk",
                            f"csrf_token={client.token}&action=hold&all=true")
