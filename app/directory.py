@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, url_for
 
@@ -28,6 +29,7 @@ from tmail.directory.aliases import AliasStore
 from tmail.directory.domains import DomainStore
 from tmail.directory.relayips import RelayNetworkStore
 from tmail.directory.routes import RouteStore, make_route
+from tmail.routes import Route
 
 bp = Blueprint("directory", __name__)
 # Plain ints: the stores answer "none" for an id out of range (werkzeug's min/max on a
@@ -175,6 +177,16 @@ def delete_relay_network(network_id: int) -> Response:
 
 # --- routes ----------------------------------------------------------------------------------
 
+def route_from(data: dict[str, Any]) -> Route:
+    """The checked route ``data`` (loaded by :class:`RouteCreateSchema`) describes: the one
+    mapping of the API's fields onto :func:`make_route`, for the API and the web console."""
+    return make_route(
+        data["host"], data["remoteHost"], remote_port=data["remotePort"],
+        priority=data["priority"], starttls=data["starttls"], mail_from=data["mailFrom"],
+        auth_user=data["authUser"], auth_login=data["authLogin"],
+        auth_password=data["authPassword"], allow_plaintext_auth=data["allowPlaintextAuth"])
+
+
 @bp.get("/routes")
 @auth.login_required
 def list_routes() -> Response:
@@ -184,12 +196,7 @@ def list_routes() -> Response:
 @bp.post("/routes")
 @auth.login_required
 def create_route() -> tuple[Response, int, dict[str, str]]:
-    data = load_body(RouteCreateSchema())
-    route = stores().routes.create(make_route(
-        data["host"], data["remoteHost"], remote_port=data["remotePort"],
-        priority=data["priority"], starttls=data["starttls"], mail_from=data["mailFrom"],
-        auth_user=data["authUser"], auth_login=data["authLogin"],
-        auth_password=data["authPassword"], allow_plaintext_auth=data["allowPlaintextAuth"]))
+    route = stores().routes.create(route_from(load_body(RouteCreateSchema())))
     return jsonify(_route.dump(route)), 201, {
         "Location": url_for("directory.get_route", route_id=route.id)}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, url_for
 from werkzeug.routing import PathConverter
 
@@ -10,6 +12,7 @@ from app.errors import ApiError
 from app.parsing import load_body
 from app.schemas import UserCreateSchema, UserPasswordSchema, UserSchema
 from app.services import services
+from tmail.users import User
 
 bp = Blueprint("users", __name__)
 
@@ -23,6 +26,19 @@ class LoginConverter(PathConverter):
 _user = UserSchema()
 
 
+def create_from(login: str, data: dict[str, Any]) -> User:
+    """The user ``data`` (loaded by :class:`UserCreateSchema`) describes, created: the one
+    mapping of the API's fields onto the store's, for the API and the web console."""
+    return services().users.create(
+        login,
+        data["passwd"],
+        auth_relay=data["authRelay"],
+        have_mailbox=data["haveMailbox"],
+        mailbox_quota=data["mailboxQuota"],
+        is_catchall=data["isCatchall"],
+    )
+
+
 @bp.get("/users")
 @auth.login_required
 def list_users() -> Response:
@@ -32,15 +48,7 @@ def list_users() -> Response:
 @bp.post("/users/<login:login>")
 @auth.login_required
 def create_user(login: str) -> tuple[Response, int, dict[str, str]]:
-    data = load_body(UserCreateSchema())
-    user = services().users.create(
-        login,
-        data["passwd"],
-        auth_relay=data["authRelay"],
-        have_mailbox=data["haveMailbox"],
-        mailbox_quota=data["mailboxQuota"],
-        is_catchall=data["isCatchall"],
-    )
+    user = create_from(login, load_body(UserCreateSchema()))
     return jsonify(_user.dump(user)), 201, {"Location": url_for("users.get_user", login=login)}
 
 

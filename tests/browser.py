@@ -13,12 +13,14 @@ temp dirs of passing tests, and CI keeps that directory.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
 import shutil
 import ssl
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -96,10 +98,10 @@ class ConsoleStack:
             client.send_message(message, sender, rcpts)
 
 
-@pytest.fixture(scope="module")
-def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
-    data = tmp_path_factory.mktemp("console")
-    api = start_api(data, TMAIL_RELAY_NETWORKS="127.0.0.0/8")
+@contextlib.contextmanager
+def running_stack(data: Path, **extra: str) -> Iterator[ConsoleStack]:
+    """gunicorn and the SMTP receiver on ``data`` (``extra``: more TMAIL_ settings)."""
+    api = start_api(data, TMAIL_RELAY_NETWORKS="127.0.0.0/8", **extra)
     try:
         receiver = start_receiver(api.env, data / "receiver.log")
         try:
@@ -108,6 +110,12 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleS
             stop(receiver.process)
     finally:
         stop(api.process)
+
+
+@pytest.fixture(scope="module")
+def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
+    with running_stack(tmp_path_factory.mktemp("console")) as stack:
+        yield stack
 
 
 def sign_in(driver, stack: ConsoleStack, password: str = "admin") -> None:  # type: ignore[no-untyped-def]
@@ -125,13 +133,14 @@ def sign_in(driver, stack: ConsoleStack, password: str = "admin") -> None:  # ty
 
 
 def submit(driver, element) -> None:  # type: ignore[no-untyped-def]
-    """Submit (or click) ``element`` and wait until the page it leads to has replaced this one."""
+    """Submit ``element``'s form (or click it: a button, a link) and wait until the page it
+    leads to has replaced this one."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
-    if element.tag_name == "button" or element.get_attribute("type") == "submit":
+    if element.tag_name in ("a", "button") or element.get_attribute("type") == "submit":
         element.click()
     else:
         element.submit()
@@ -179,6 +188,15 @@ class FormClient:
         if token:
             self.token = token.group(1)
         return response
+
+    def post_form(self, path: str, fields: dict[str, str | bool]) -> http.client.HTTPResponse:
+        """POST ``fields`` as a browser sends a form: with the CSRF token of the last page,
+        a checked box as ``y``, an unchecked one left out."""
+        pairs = [("csrf_token", self.token)] + [
+            (name, "y" if value is True else value) for name, value in fields.items()
+            if value is not False]
+        return self.request("POST", path, urllib.parse.urlencode(pairs))
+
 
     def sign_in(self, password: str) -> http.client.HTTPResponse:
         self.request("GET", "/console/sign-in")

@@ -276,6 +276,15 @@ _OPEN_LOCK = threading.Lock()
 _OPEN_MAX = 8  # one in production; tests open one per data dir
 
 
+def open_migrated(config: Config) -> Database:
+    """The database of a command (the CLI): migrated now, so that a command stops at once
+    (DatabaseUnavailable, exit 75) when the database is away, where a server would start and
+    migrate at first use (:meth:`Database.start`)."""
+    database = open_database(config)
+    database.migrate()
+    return database
+
+
 def open_database(config: Config) -> Database:
     """The process's :class:`Database` for ``config`` (one per URL, made on first use)."""
     url = config.database

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from tmail.address import Address, AddressError, domain_of
-from tmail.db import Database, bump_generation, open_database, read_generation
+from tmail.db import Database, bump_generation, open_database, open_migrated, read_generation
 from tmail.users_table import users
 
 if TYPE_CHECKING:
@@ -281,11 +281,11 @@ def open_store(config: Config, lazy: bool = True) -> UserStore:
     """The users store of this process: its database opened and migrated (at start-up, or,
     for a server while the database is away, at first use: :meth:`Database.start`). A
     command (``lazy`` False) gets DatabaseUnavailable at once instead."""
-    database = open_database(config)
     if lazy:
+        database = open_database(config)
         database.start()
     else:
-        database.migrate()
+        database = open_migrated(config)
     return UserStore(database, config.mailboxes_dir, config.default_quota)
 
 

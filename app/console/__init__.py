@@ -38,11 +38,21 @@ NAV = (
 
 
 def init_app(app: Flask, config: Config) -> None:
-    # The page modules import ``bp``: imported here, once it exists.
-    from app.console import format, overview, security, session, signin
+    # The page modules register their views on ``bp``: imported here, once it exists.
+    from app.console import (
+        directory,
+        dkim,
+        format,
+        message,
+        overview,
+        queue,
+        security,
+        session,
+        signin,
+        users,
+    )
 
-    del overview, signin  # imported for the views they register on bp
-    from app.console import message, queue  # noqa: F401  (the Queue and Message pages)
+    del directory, dkim, message, overview, queue, signin, users  # imported for their views
     app.config.update(
         BOOTSTRAP_SERVE_LOCAL=True,  # Bootstrap from the package, never a CDN
         BOOTSTRAP_BTN_SIZE="sm",

@@ -6,14 +6,12 @@ import argparse
 import json
 import sys
 
-from tmail.db import open_database
+from tmail.db import open_migrated
 from tmail.directory.aliases import AliasStore
 
 
 def _store(args: argparse.Namespace) -> AliasStore:
-    database = open_database(args.config)
-    database.migrate()
-    return AliasStore(database, args.config.local_domains)
+    return AliasStore(open_migrated(args.config), args.config.local_domains)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

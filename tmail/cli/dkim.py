@@ -7,14 +7,12 @@ import argparse
 import json
 import sys
 
-from tmail.db import open_database
+from tmail.db import open_migrated
 from tmail.dkim.keys import ALGORITHMS, DkimKey, KeyStore
 
 
 def _store(args: argparse.Namespace) -> KeyStore:
-    database = open_database(args.config)
-    database.migrate()
-    return KeyStore(database, args.config.local_domains)
+    return KeyStore(open_migrated(args.config), args.config.local_domains)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -6,14 +6,12 @@ import argparse
 import json
 import sys
 
-from tmail.db import open_database
+from tmail.db import open_migrated
 from tmail.directory.domains import DomainStore
 
 
 def _store(args: argparse.Namespace) -> DomainStore:
-    database = open_database(args.config)
-    database.migrate()
-    return DomainStore(database)
+    return DomainStore(open_migrated(args.config))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

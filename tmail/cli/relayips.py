@@ -6,14 +6,12 @@ import argparse
 import json
 import sys
 
-from tmail.db import open_database
+from tmail.db import open_migrated
 from tmail.directory.relayips import RelayNetworkStore
 
 
 def _store(args: argparse.Namespace) -> RelayNetworkStore:
-    database = open_database(args.config)
-    database.migrate()
-    return RelayNetworkStore(database)
+    return RelayNetworkStore(open_migrated(args.config))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

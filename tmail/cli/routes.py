@@ -10,15 +10,13 @@ import argparse
 import json
 import sys
 
-from tmail.db import open_database
+from tmail.db import open_migrated
 from tmail.directory.routes import STARTTLS_MODES, RouteStore, make_route
 from tmail.routes import Route
 
 
 def _store(args: argparse.Namespace) -> RouteStore:
-    database = open_database(args.config)
-    database.migrate()
-    return RouteStore(database, args.config)
+    return RouteStore(open_migrated(args.config), args.config)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
