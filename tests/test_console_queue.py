@@ -373,3 +373,24 @@ def test_addresses_are_escaped_in_the_queue_and_on_the_message_page(
         assert "<script>alert" not in text and "<script>" not in text
     assert "Subject: &lt;script&gt;alert(2)&lt;/script&gt;" in text
 
+
+
+def test_a_record_in_delivery_shows_as_such_and_an_action_on_it_is_a_mark(
+        console_stack: ConsoleStack) -> None:
+    host = unique("claimed")
+    store = queue(console_stack)
+    [[record]] = store.enqueue_many([Envelope(RAW, "a@b.example", [f"r@{host}"])])  # type: ignore[misc]
+    client = signed_in(console_stack, "127.0.0.39")
+    with store.claimed(record.id) as claim:  # a runner's delivery attempt, as far as anyone sees
+        assert claim is not None
+        page = client.request("GET", f"/console/queue?host={host}").text  # type: ignore[attr-defined]
+        assert '<td class="queue-status text-nowrap">in delivery</td>' in page
+        assert "in delivery</span>" in client.request(
+            "GET", f"/console/queue/{record.id}").text  # type: ignore[attr-defined]
+        marked = client.request("POST", "/console/queue/act", f"csrf_token={client.token}"
+                                f"&action=discard&id={record.id}&confirm=yes")
+        assert "1 marked (discarded when the delivery attempt in progress ends)</div>" in follow(
+            client, marked).text  # type: ignore[attr-defined]
+        assert store.get(record.id).status == Status.DISCARD  # type: ignore[union-attr]
+    page = client.request("GET", f"/console/queue?host={host}&status=1").text  # type: ignore[attr-defined]
+    assert '<td class="queue-status text-nowrap">discarding</td>' in page
