@@ -94,6 +94,16 @@ def test_the_overview_counts_records_by_status_and_maps_them_by_domain_and_age(
             and "/favicon.ico" not in entry["message"]] == []
     screenshot(browser, tmp_path, "overview")
 
+    # Once the Queue page exists (in the navigation bar), each domain leads to it, filtered.
+    queue_page = browser.find_elements(By.CSS_SELECTOR, "nav a[href='/console/queue']")
+    links = browser.find_elements(By.LINK_TEXT, f"big-{tag}.test")
+    assert len(links) == len(queue_page)
+    if links:
+        follow(browser, links[0])
+        assert browser.current_url == console_stack.url(f"/console/queue?host=big-{tag}.test")
+        shown = browser.find_element(By.TAG_NAME, "main").text
+        assert all(f"r{n}@big-{tag}.test" in shown for n in range(3)), shown
+
 
 def test_the_overview_fits_a_narrow_screen(
         browser, console_stack: ConsoleStack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

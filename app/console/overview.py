@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from flask import render_template
+from flask import current_app, render_template
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from app.console import bp
@@ -44,7 +44,7 @@ def overview() -> str:
     window = WINDOWS[load_query(OverviewQuery())["hours"]]
     tmail = services()
     summary = summarize(tmail.queue)
-    by_status = [(name, summary.by_status.get(status, 0))
+    by_status = [(int(status), name, summary.by_status.get(status, 0))
                  for status, name in STATUS_NAMES.items()]
     now_minute = int(time.time() // 60)
     series = tmail.counters.per_minute(DELIVERIES, now_minute - window.hours * 60)
@@ -52,4 +52,6 @@ def overview() -> str:
                        DELIVERY_SERIES, window, now_minute)
     return render_template("console/overview.html", summary=summary, by_status=by_status,
                            heat=heat_map(summary, HEAT_MAP_DOMAINS), chart=chart,
-                           window=window, windows=sorted(WINDOWS))
+                           window=window, windows=sorted(WINDOWS),
+                           # the Queue page, filtered, once it exists (as the navigation bar)
+                           queue_links="console.queue" in current_app.view_functions)
