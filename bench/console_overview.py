@@ -14,7 +14,6 @@ ratio shows what the chart and the templates add. Traffic: 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
 import sys
@@ -28,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.api_queue import serve  # noqa: E402
+from bench.console_queue import console_session  # noqa: E402
 from bench.deferred import fill_deferred  # noqa: E402
 from tmail.metrics import DELIVERIES, PER_MINUTE_RETENTION, Counters  # noqa: E402
 
@@ -43,17 +43,6 @@ def fill_counters(path: Path) -> None:
             counters.inc(DELIVERIES, 1 + (minute * (n + 3)) % 17, result=result,
                          transport="smtp")
     counters.flush()
-
-
-def signed_in(base: str, session: requests.Session) -> None:
-    page = session.get(f"{base}/console/sign-in", timeout=30)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text)
-    assert token, page.text
-    response = session.post(f"{base}/console/sign-in", allow_redirects=False, timeout=30,
-                            headers={"Referer": f"{base}/console/"},
-                            data={"csrf_token": token.group(1), "username": "admin",
-                                  "password": "admin"})
-    assert response.status_code == 303, response.text
 
 
 def timed(gets: dict[str, tuple[requests.Session, str]], runs: int) -> dict[str, float]:
@@ -75,9 +64,7 @@ def timed(gets: dict[str, tuple[requests.Session, str]], runs: int) -> dict[str,
 def measure(data: Path, runs: int) -> dict[str, float]:
     proc, base, api = serve(data)
     try:
-        console = requests.Session()
-        console.trust_env, console.verify = False, api.verify
-        signed_in(base, console)
+        console = console_session(base, api.verify)
         page = console.get(f"{base}/console/", timeout=120).text
         assert 'id="heat-map"' in page and 'id="chart"' in page
         return {**timed({"summary": (api, f"{base}/queue/summary"),
