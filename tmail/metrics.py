@@ -169,6 +169,9 @@ class Counters:
                 pruned = self._prune(conn)
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            if not self.path.parent.is_dir():  # the data dir is gone: nowhere to keep them
+                log.debug("metrics dropped: %s was removed", self.path.parent)
+                return
             log.warning("metrics not saved (%s); keeping them for the next flush", exc)
             with self._lock:
                 self._pending.update(pending)
