@@ -18,9 +18,10 @@ $(STAMP): requirements.txt
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 
-## The whole test suite, then ruff.
+## The whole test suite, then ruff. The tests mostly wait on servers they start, so they run in
+## parallel, one worker per core (at most 4), each module on one worker (its fixtures start once).
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n auto --maxprocesses=4 --dist loadscope
 	$(BIN)/ruff check .
 
 ## tmail side by side with Postfix (installed when missing; needs root): docs/benchmarks.md.
