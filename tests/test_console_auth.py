@@ -104,8 +104,10 @@ def test_pages_carry_a_strict_content_security_policy(console_stack: ConsoleStac
 
 
 def test_a_next_parameter_never_leads_off_the_console(console_stack: ConsoleStack) -> None:
+    # A line end in it would split the Location header: refused, never a 500.
     for target in ("https://evil.example/", "//evil.example/", "/console//evil.example",
-                   "/queue"):
+                   "/queue", "/console/%0d%0aSet-Cookie:%20x=1", "/console/%09/evil.example",
+                   "/console/%5c%5cevil.example"):
         client = FormClient(console_stack, "127.0.0.17")
         client.request("GET", f"/console/sign-in?next={target}")
         response = client.request("POST", f"/console/sign-in?next={target}",

@@ -277,3 +277,21 @@ def test_an_empty_line_ends_the_headers_counted_for_loops(mx: Receiver) -> None:
         ehlo(client)
         reply = client.transaction(b"Subject: x\r\n\r\n" + body_lines + b".\r\n")
     assert reply.startswith(b"250"), reply
+
+
+def test_bytes_that_are_not_utf8_in_any_command_leave_no_traceback_in_the_log(
+        mx: Receiver) -> None:
+    """Every command's argument reaches a reply, a check or a log line: undecodable bytes
+    (and what surrogateescape makes of them) must never make the logging itself fail."""
+    logged = len(mx.log.read_bytes())
+    with mx.raw() as client:
+        for line in (b"HELO \xff\xfe.test", b"EHLO \xc3(", b"\xff\xfe FROM:<a@x.org>",
+                     b"VRFY \xff@" + LOCAL.encode(), b"EHLO client.test",
+                     b"AUTH PLAIN \xff\xfe", b"AUTH \xff", b"MAIL FROM:<a@x.org> \xff=1",
+                     b"MAIL FROM:<a@x.org>", b"RCPT TO:<\xed\xa0\x80@" + LOCAL.encode() + b">",
+                     b"RCPT TO:<bob@" + LOCAL.encode() + b"> NOTIFY=\xff", b"RSET",
+                     b"HELP \xff", b"NOOP \xff"):
+            reply = client.command(line)
+            assert reply[:1] in b"2345", (line, reply)
+    log = mx.log.read_bytes()[logged:]
+    assert b"Traceback" not in log and b"Logging error" not in log, log.decode(errors="replace")

@@ -42,9 +42,9 @@ csrf = CSRFProtect()
 
 def safe_next(target: str | None) -> str:
     """Where to go after signing in: a console path of ours, never another site."""
-    if target and target.startswith("/console/") and not target.startswith("/console//") \
-            and "\\" not in target:
-        return target
+    if (target and target.startswith("/console/") and not target.startswith("/console//")
+            and target.isprintable() and target.isascii() and "\\" not in target):
+        return target  # no line end (a split Location header), no tab, no other host
     return url_for("console.overview")
 
 
