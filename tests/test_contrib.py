@@ -90,7 +90,9 @@ def test_each_unit_runs_tmail_with_the_shipped_settings(unit: Path, tmp_path: Pa
 
             assert wait_until(listening, 20), log.read_text()
     finally:
-        stop(process)
+        # A gunicorn worker still booting when TERM comes boots first: under the parallel
+        # suite that once took more than 10 s; gunicorn gives its workers 30 s to stop.
+        stop(process, timeout=40)
     assert process.returncode in (0, -15), log.read_text()
 
 
