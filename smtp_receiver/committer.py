@@ -14,9 +14,12 @@ the receiver's memory without end.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from tmail.queue import Envelope, QueueStore, Record
+
+log = logging.getLogger("smtp_receiver")
 
 MAX_BATCH = 128
 MAX_PENDING = 2 * MAX_BATCH  # one batch being written, one filling up
@@ -73,25 +76,36 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: len(batch)]
-                envelopes = [envelope for envelope, _ in batch]
+                while self._pending:
+                    await self._commit(loop)
+                # Answered, and nobody waiting: the next messages' files are made now, off
+                # the path between a final dot and its 250 (tmail/queue/spares.py). What
+                # arrived meanwhile is committed next, with these files.
                 try:
-                    results = await loop.run_in_executor(
-                        self._executor, self._store.enqueue_many, envelopes
-                    )
-                except Exception as exc:  # a bug in the store: no session may hang on it
-                    results = [exc] * len(batch)
-                for (_, future), outcome in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(outcome, Exception):
-                        future.set_exception(outcome)
-                    else:
-                        future.set_result(outcome)
-                await self._release(len(batch))
+                    await loop.run_in_executor(self._executor, self._store.prepare_files)
+                except Exception:  # a bug there must not leave a message unanswered
+                    log.exception("cannot make files ahead in the queue")
         finally:
             self._flusher = None
+
+    async def _commit(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._pending[: self._max_batch]
+        del self._pending[: len(batch)]
+        envelopes = [envelope for envelope, _ in batch]
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._store.enqueue_many, envelopes
+            )
+        except Exception as exc:  # a bug in the store: no session may hang on it
+            results = [exc] * len(batch)
+        for (_, future), outcome in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        await self._release(len(batch))
 
     async def _release(self, count: int) -> None:
         room = self._condition()
@@ -101,3 +115,4 @@ class GroupCommitter:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        self._store.release_files()

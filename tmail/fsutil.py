@@ -106,10 +106,7 @@ def write_temp(tmp_dir: Path, data: bytes, *, sync: bool = True, suffix: str = "
     path = temp_name(tmp_dir, suffix)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        write_all(fd, data)
         if sync:
             os.fsync(fd)
     except BaseException:
@@ -118,6 +115,13 @@ def write_temp(tmp_dir: Path, data: bytes, *, sync: bool = True, suffix: str = "
         raise
     os.close(fd)
     return path
+
+
+def write_all(fd: int, data: bytes | bytearray) -> None:
+    """Write all of ``data`` (``os.write`` may write less than it was given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def fsync_file(path: Path | str) -> None:
