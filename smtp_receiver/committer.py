@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tmail.queue import Envelope, QueueStore, Record
 
+Outcome = list[Record] | Exception
+
 log = logging.getLogger("smtp_receiver")
 
 MAX_BATCH = 128
@@ -76,36 +78,37 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                while self._pending:
-                    await self._commit(loop)
-                # Answered, and nobody waiting: the next messages' files are made now, off
-                # the path between a final dot and its 250 (tmail/queue/spares.py). What
-                # arrived meanwhile is committed next, with these files.
-                try:
-                    await loop.run_in_executor(self._executor, self._store.prepare_files)
-                except Exception:  # a bug there must not leave a message unanswered
-                    log.exception("cannot make files ahead in the queue")
+                batch = self._pending[: self._max_batch]
+                del self._pending[: len(batch)]
+                written: asyncio.Future[list[Outcome]] = loop.create_future()
+                self._executor.submit(self._write, [envelope for envelope, _ in batch],
+                                      loop, written)
+                for (_, future), outcome in zip(batch, await written, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+                await self._release(len(batch))
         finally:
             self._flusher = None
 
-    async def _commit(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._pending[: self._max_batch]
-        del self._pending[: len(batch)]
-        envelopes = [envelope for envelope, _ in batch]
+    def _write(self, envelopes: list[Envelope], loop: asyncio.AbstractEventLoop,
+               written: asyncio.Future[list[Outcome]]) -> None:
+        """In the commit thread: the batch, its outcomes handed to the event loop, then,
+        when no other message waits, the next messages' files made ahead (spares.py), off
+        the path between a final dot and its 250."""
         try:
-            results = await loop.run_in_executor(
-                self._executor, self._store.enqueue_many, envelopes
-            )
+            results: list[Outcome] = self._store.enqueue_many(envelopes)
         except Exception as exc:  # a bug in the store: no session may hang on it
-            results = [exc] * len(batch)
-        for (_, future), outcome in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
-        await self._release(len(batch))
+            results = [exc] * len(envelopes)
+        loop.call_soon_threadsafe(_resolve, written, results)
+        if not self._pending:  # read from this thread: a hint, a late message only waits
+            try:
+                self._store.prepare_files()
+            except Exception:  # a bug there must not stop the commits
+                log.exception("cannot make files ahead in the queue")
 
     async def _release(self, count: int) -> None:
         room = self._condition()
@@ -116,3 +119,8 @@ class GroupCommitter:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self._store.release_files()
+
+
+def _resolve(written: asyncio.Future[list[Outcome]], results: list[Outcome]) -> None:
+    if not written.done():  # the flusher may have been cancelled at shut-down
+        written.set_result(results)
