@@ -7,9 +7,10 @@ A message goes through three steps (see the module docstring of ``store.py`` for
    :class:`Spool`, or bytes written into one), its records are built and serialised into temp
    files. Anything that goes wrong here (bad data, a full disk) drops that message only.
 2. *publishing* (the batch, in two rounds of ``fsync``): every temp file is ``fsync``ed
-   together; then the raw files are renamed into ``messages/``, the record links are made,
-   the records appear by rename; then every directory is ``fsync``ed together. A failure
-   is charged to the message it hit.
+   together; then each raw file is renamed to its first record's ``.eml`` (and linked under
+   its Uuid in ``messages/`` and as each other record's ``.eml``), the records appear by
+   rename; then the records' directories are ``fsync``ed together. A failure is charged to
+   the message it hit.
 3. *cleanup* of every message that failed, whatever the exception: its records, links, raw
    file and temp files are removed, so nothing of it stays visible.
 
@@ -111,7 +112,6 @@ class _Staged:
     records: list[Record]
     json_tmps: list[Path] = field(default_factory=list)
     error: Exception | None = None
-    made_leaf: bool = False  # its messages/ leaf was missing: messages/ is fsync'd too
 
     @property
     def uuid(self) -> str:
@@ -241,43 +241,45 @@ class Enqueuer:
         # 1. Every file (raw messages and records) reaches the disk before any of its names
         #    appears, so no name ever shows a half-written file, even after a power cut.
         self._sync_files(staged, lambda item: [item.raw.path, *item.json_tmps])
-        # 2. The names: the raw file under its Uuid, then each record's link to it and the
-        #    record itself by one rename, the link first in the record's own directory (a
-        #    journaling file system keeps one directory's changes in order; should the
-        #    link still be missing, the store's reader makes it again from the Uuid name).
-        self._step(staged, self._link_raw)
+        # 2. The names: the raw file becomes its first record's ``.eml``, in that record's
+        #    directory; then its Uuid name and the other records' links to it; then each
+        #    record by one rename, after its link, in its own directory.
+        self._step(staged, self._place_raw)
         self._step(staged, self._show_records)
-        # 3. Every directory that got a name, together: the ``250`` is given after this.
-        #    A crash before it may leave any part of a message visible, all of it whole:
-        #    its client had no ``250`` and sends it again.
-        self._sync_dirs(staged, lambda item: [self.layout.message_dir(item.uuid),
-                                              *([self.layout.messages] if item.made_leaf
-                                                else []),
-                                              *(self.layout.record_dir(r.id)
-                                                for r in item.records)])
+        # 3. The records' directories, together (a batch's ids are consecutive: mostly one
+        #    leaf for all its messages): the ``250`` is given after this. The Uuid name, in
+        #    one of 4,096 hashed leaves, is an index and not synced here (it was one more
+        #    fsync per message): it becomes durable with the next sync of its leaf or the
+        #    kernel's writeback; should a power cut lose it, every record still has its
+        #    message. A crash before this round may leave any part of a message visible,
+        #    all of it whole: its client had no ``250`` and sends it again.
+        self._sync_dirs(staged, lambda item: [self.layout.record_dir(r.id)
+                                              for r in item.records])
         self._notify([record for item in staged if item.error is None
                       for record in item.records])
 
-    def _link_raw(self, item: _Staged) -> None:
+    def _place_raw(self, item: _Staged) -> None:
         fault_point("enqueue:raw-written")
-        target = self.layout.message_raw(item.uuid)
+        first = item.records[0].id
+        self._ensure_dir(self.layout.record_dir(first))
+        os.rename(item.raw.path, self.layout.record_raw(first))
+        index = self.layout.message_raw(item.uuid)
         try:
-            os.rename(item.raw.path, target)
+            os.link(self.layout.record_raw(first), index)
         except FileNotFoundError:
             # The leaf is made by the first message that needs it (the receiver makes all
-            # of them at start-up), perhaps by another process at this very moment: its
-            # entry becomes durable in the directory round. Should the temp file be what is
-            # missing, the second rename says so.
+            # of them at start-up), perhaps by another process at this very moment.
             with contextlib.suppress(FileExistsError):
-                os.mkdir(target.parent, 0o750)
-            item.made_leaf = True
-            os.rename(item.raw.path, target)
+                os.mkdir(index.parent, 0o750)
+            os.link(self.layout.record_raw(first), index)
 
     def _show_records(self, item: _Staged) -> None:
         fault_point("enqueue:raw-linked")
-        for record, tmp in zip(item.records, item.json_tmps, strict=True):
-            self._ensure_dir(self.layout.record_dir(record.id))
-            os.link(self.layout.message_raw(record.uuid), self.layout.record_raw(record.id))
+        raw = self.layout.record_raw(item.records[0].id)
+        for number, (record, tmp) in enumerate(zip(item.records, item.json_tmps, strict=True)):
+            if number:
+                self._ensure_dir(self.layout.record_dir(record.id))
+                os.link(raw, self.layout.record_raw(record.id))
             os.rename(tmp, self.layout.record_json(record.id))
             fault_point("enqueue:record-renamed")
 

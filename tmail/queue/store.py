@@ -8,8 +8,9 @@ Crash safety rests on three rules:
 
 1. Every file of a message (the raw message and its records) is written and ``fsync``'d
    before any name points at it; a record's ``.eml`` link is made before its ``.json``
-   appears (by one ``rename``); then every directory touched is ``fsync``'d, and only then is
-   the message accepted (``enqueue.py``). A crash before that leaves whole files only.
+   appears (by one ``rename``); then every record directory is ``fsync``'d, and only then is
+   the message accepted (``enqueue.py``; the Uuid name in ``messages/`` is an index, synced
+   lazily). A crash before that leaves whole files only.
 2. A record is changed by writing a new file and renaming it over the old one, under the
    record's mutation lock; it is removed by unlinking its ``.json`` first, then its ``.eml``
    link, then the message's Uuid link once no record link is left (the link count says so).
