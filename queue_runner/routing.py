@@ -58,8 +58,9 @@ class DnsResolver:
 
 
 RouteSource = Callable[[], Sequence[Route]]
-"""The routes in force now: called at each attempt, so that a route added or removed
-through the API or the CLI applies to the next attempt without restarting the runner."""
+"""The routes in force now: called once per delivery pass (``passes.py``), so that a route
+added or removed through the API or the CLI applies to the next pass without restarting the
+runner."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from queue_runner.passes import NO_PASS, PerPass
 from queue_runner.results import RecipientResult, failure
 from queue_runner.routing import (
     Hop,
@@ -46,6 +47,7 @@ class Outgoing:
     auth_user: str = ""  # who submitted it (routes may apply to one authenticated user)
     orig_rcpts: Sequence[str] = ()  # per recipient: the address the client gave, or ""
     pipe: str = ""  # the command of pipe records
+    pass_number: int = NO_PASS  # the delivery pass it belongs to (routes read once per pass)
 
 
 class Transport(Protocol):
@@ -111,22 +113,22 @@ def _mailbox_write_failure(exc: OSError) -> RecipientResult:
 class SmtpTransport:
     """Remote domains: one SMTP transaction per message and domain, over sessions that are
     kept open for the next message to the same hop. The hops come from the routes in force
-    at this attempt (``routes``, called each time; ``TMAIL_ROUTES`` alone by default), else
-    from MX records."""
+    (``routes``, called once per delivery pass, ``passes.py``; ``TMAIL_ROUTES`` alone by
+    default), else from MX records."""
 
     def __init__(self, config: Config, resolver: Resolver,
                  cache: ConnectionCache | None = None,
                  routes: RouteSource | None = None) -> None:
         self._config = config
         self._resolver = resolver
-        self._routes = routes or (lambda: bootstrap(config))
+        self._routes = PerPass(routes or (lambda: bootstrap(config)))
         self.cache = cache or ConnectionCache()
         self._opener = SessionOpener(config)
 
     def send(self, message: Outgoing) -> list[RecipientResult]:
         count = len(message.recipients)
         try:
-            routes = self._routes()
+            routes = self._routes.get(message.pass_number)
         except DatabaseUnavailable as exc:  # no route is known: MX might be the wrong way
             return [failure(451, f"4.3.0 routes unavailable: {exc}")] * count
         try:
