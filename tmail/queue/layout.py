@@ -21,6 +21,7 @@ each at a million messages.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,31 +42,39 @@ def record_ids(names: list[str]) -> list[int]:
 UUID_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 
 
+@functools.lru_cache(maxsize=8192)
+def _child(parent: Path, name: str) -> Path:
+    """``parent / name`` for the directories of the tree, made once: a delivery names a
+    record's leaf directory about ten times, and each ``/`` of ``pathlib`` costs
+    microseconds (the three of a leaf were 5 % of the runner's CPU per record)."""
+    return parent / name
+
+
 @dataclass(frozen=True)
 class QueueLayout:
     root: Path
 
-    @property
+    @functools.cached_property
     def counter(self) -> Path:
         return self.root / "next-id"
 
-    @property
+    @functools.cached_property
     def notify(self) -> Path:
         return self.root / "notify"
 
-    @property
+    @functools.cached_property
     def records(self) -> Path:
         return self.root / "records"
 
-    @property
+    @functools.cached_property
     def messages(self) -> Path:
         return self.root / "messages"
 
-    @property
+    @functools.cached_property
     def tmp(self) -> Path:
         return self.root / "tmp"
 
-    @property
+    @functools.cached_property
     def quarantine(self) -> Path:
         return self.root / "quarantine"
 
@@ -73,7 +82,8 @@ class QueueLayout:
         return (self.records, self.messages, self.tmp, self.quarantine)
 
     def record_dir(self, record_id: int) -> Path:
-        return self.records / f"{record_id // 1_000_000:03d}" / f"{record_id // 1000 % 1000:03d}"
+        top = _child(self.records, f"{record_id // 1_000_000:03d}")
+        return _child(top, f"{record_id // 1000 % 1000:03d}")
 
     def record_json(self, record_id: int) -> Path:
         return self.record_dir(record_id) / f"{record_id}.json"
@@ -82,7 +92,7 @@ class QueueLayout:
         return self.record_dir(record_id) / f"{record_id}.eml"
 
     def message_dir(self, uuid: str) -> Path:
-        return self.messages / uuid[0:3]
+        return _child(self.messages, uuid[0:3])
 
     def message_dirs(self) -> list[Path]:
         return [self.messages / f"{n:03x}" for n in range(16**3)]
