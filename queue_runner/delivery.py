@@ -139,8 +139,12 @@ class Runner:
         return self.submit_ids(self.schedule.pop_due())
 
     def submit_ids(self, ids: Iterable[int]) -> list[Future[None]]:
-        """Read these records and start those that are due; schedule the others again."""
-        return self.take(filter(None, map(self.store.get, dict.fromkeys(ids))))
+        """Read these records and start those that are due; schedule the others again.
+
+        Their files are read as they are (``load``): whether another runner holds a claim
+        is found by the attempt, which takes the claim and reads the record once more.
+        """
+        return self.take(filter(None, map(self.store.load, dict.fromkeys(ids))))
 
     def run_once(self) -> int:
         """Deliver everything due now and wait for it (the cron driver).

@@ -322,6 +322,9 @@ class QueueStore:
         The claim dies with the process, so a killed runner leaves nothing stuck.
         """
         fd = self._scan.open_record_raw(record_id) if valid_id(record_id) else None
+        if fd is None and valid_id(record_id):  # an enqueue cut short: the link is made again
+            record = self.load(record_id)
+            fd = None if record is None else self._open_raw(record)
         if fd is None:
             yield None
             return
