@@ -10,8 +10,11 @@ routed to a loopback ``smtp-sink``) is started and warmed up (a few messages del
 stopped with SIGSTOP; ``--records`` records are queued through the store's ``enqueue_many``
 (batches of 20 messages, fsync on, hints written, as the receiver's group commit does); then
 SIGCONT, and the runner's whole process tree is timed until the sink has every message and
-the queue is empty. Two workloads: one recipient per message, and three recipients per
-message (one SMTP transaction each). Printed: user and system CPU ms per delivered record
+the queue is empty. Three workloads: one recipient per message, three recipients per
+message (one SMTP transaction each), and "1-trickle", one recipient per message queued
+while the runner runs, 10 every 30 ms (about Postfix's rate in row 2a): each wake of the
+daemon then starts a small pass, as behind a real receiver, where the burst workloads start
+one big pass (what is read once per pass is shared by far more attempts there). Printed: user and system CPU ms per delivered record
 (from ``/proc/<pid>/stat`` of the tree) and records/s, medians of ``--rounds`` rounds that
 alternate the order of the two trees; ``REV`` is extracted with ``git archive``.
 
@@ -35,7 +38,9 @@ from pathlib import Path
 from bench.runner_retries import extract
 from bench.tmail_procs import REPO
 
-WORKLOADS = (1, 3)  # recipients per message
+# Recipients per message; "-trickle": the runner runs while the messages arrive, 10 every
+# 30 ms (about Postfix's rate in row 2a), so each wake of the daemon is a small pass.
+WORKLOADS = ("1", "3", "1-trickle")
 
 # Run in the tree measured, with that tree's bench helpers and tmail: the figures of one drain.
 CHILD = """
@@ -46,7 +51,8 @@ from bench.smtp_tools import SmtpSink
 from bench.tmail_procs import tmail
 from tmail.queue import Envelope, QueueStore
 
-base, records, rcpts, tracer = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+base, records, tracer = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4]
+rcpts, trickle = int(sys.argv[3].split("-")[0]), sys.argv[3].endswith("-trickle")
 messages = records // rcpts
 WARM = 20
 
@@ -61,12 +67,14 @@ def ticks(pids):
         user, system = user + int(fields[11]), system + int(fields[12])
     return user, system
 
-def fill(store, count, tag):
+def fill(store, count, tag, batch=20, pace=0.0):
     envelopes = [Envelope(BODY, "sender@bench.test",
                           [f"{tag}{n}.{r}@bench.test" for r in range(rcpts)])
                  for n in range(count)]
-    for start in range(0, count, 20):
-        for outcome in store.enqueue_many(envelopes[start:start + 20]):
+    begun = time.perf_counter()
+    for number, start in enumerate(range(0, count, batch)):
+        time.sleep(max(0.0, begun + number * pace - time.perf_counter()))
+        for outcome in store.enqueue_many(envelopes[start:start + batch]):
             assert not isinstance(outcome, Exception), outcome
 
 def drained(store, sink, count, timeout=300.0):
@@ -92,9 +100,10 @@ with SmtpSink() as sink, tmail(base, receiver=False, runner=True,
         tools.append(subprocess.Popen(["strace", "-c", "-f", "-o", str(base / "strace.txt"),
                                        *tasks], stderr=subprocess.DEVNULL))
         time.sleep(1.0)
-    for pid in tree:
+    for pid in [] if trickle else tree:
         os.kill(pid, signal.SIGSTOP)
-    fill(store, messages, "m")
+    if not trickle:
+        fill(store, messages, "m")
     if tracer == "py-spy":
         for w in workers:
             tools.append(subprocess.Popen(
@@ -103,8 +112,10 @@ with SmtpSink() as sink, tmail(base, receiver=False, runner=True,
                 stderr=subprocess.DEVNULL))
         time.sleep(1.0)
     before, started = ticks(tree), time.perf_counter()
-    for pid in tree:
+    for pid in [] if trickle else tree:
         os.kill(pid, signal.SIGCONT)
+    if trickle:
+        fill(store, messages, "m", batch=10, pace=0.03)
     drained(store, sink, WARM + messages)
     elapsed = time.perf_counter() - started
     after = ticks(tree)
@@ -119,9 +130,10 @@ print(json.dumps({"user ms": 1000 * (after[0] - before[0]) / CLOCK_TICKS / done,
 """
 
 
-def drain(tree: Path, base: Path, records: int, rcpts: int, tracer: str = "") -> dict[str, float]:
+def drain(tree: Path, base: Path, records: int, workload: str,
+          tracer: str = "") -> dict[str, float]:
     py_spy = str(Path(sys.executable).parent / "py-spy")
-    done = subprocess.run([sys.executable, "-c", CHILD, str(base), str(records), str(rcpts),
+    done = subprocess.run([sys.executable, "-c", CHILD, str(base), str(records), workload,
                            tracer or "-", py_spy], cwd=tree,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tree)},
                           capture_output=True, text=True, check=False, timeout=900)
@@ -134,27 +146,27 @@ def drain(tree: Path, base: Path, records: int, rcpts: int, tracer: str = "") ->
 
 def compare(args: argparse.Namespace, work: Path) -> None:
     trees = {"this tree": REPO, args.baseline: extract(args.baseline)}
-    figures: dict[tuple[str, int, str], list[float]] = {}
+    figures: dict[tuple[str, str, str], list[float]] = {}
     try:
         for number in range(args.rounds):
             order = list(trees.items())[:: 1 if number % 2 == 0 else -1]
             for name, tree in order:
-                for rcpts in WORKLOADS:
-                    base = work / f"{number}-{rcpts}-{name.replace(' ', '-')}"
-                    for key, value in drain(tree, base, args.records, rcpts).items():
-                        figures.setdefault((name, rcpts, key), []).append(value)
+                for workload in WORKLOADS:
+                    base = work / f"{number}-{workload}-{name.replace(' ', '-')}"
+                    for key, value in drain(tree, base, args.records, workload).items():
+                        figures.setdefault((name, workload, key), []).append(value)
                     shutil.rmtree(base, ignore_errors=True)
             print(f"round {number + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(trees[args.baseline], ignore_errors=True)
     print(f"runner draining {args.records} records, medians of {args.rounds} rounds: "
           f"this tree / {args.baseline}")
-    for rcpts in WORKLOADS:
+    for workload in WORKLOADS:
         for key, unit in (("cpu ms", "ms CPU/record"), ("user ms", "ms user/record"),
                           ("sys ms", "ms sys/record"), ("records/s", "records/s")):
-            ours = statistics.median(figures[("this tree", rcpts, key)])
-            theirs = statistics.median(figures[(args.baseline, rcpts, key)])
-            print(f"{rcpts} rcpt/msg {unit:>15}: {ours:7.3f} / {theirs:7.3f} = "
+            ours = statistics.median(figures[("this tree", workload, key)])
+            theirs = statistics.median(figures[(args.baseline, workload, key)])
+            print(f"{workload:>9} rcpt/msg {unit:>15}: {ours:7.3f} / {theirs:7.3f} = "
                   f"{ours / theirs:.2f}x")
     print(json.dumps({f"{k[0]}|{k[1]}|{k[2]}": v for k, v in figures.items()}), flush=True)
 
@@ -162,13 +174,13 @@ def compare(args: argparse.Namespace, work: Path) -> None:
 def trace(args: argparse.Namespace, work: Path) -> None:
     out = Path(args.trace)
     out.mkdir(parents=True, exist_ok=True)
-    for rcpts in WORKLOADS:
+    for workload in WORKLOADS:
         for tracer in ("strace", "py-spy"):
-            base = work / f"{tracer}-{rcpts}"
-            figures = drain(REPO, base, args.records, rcpts, tracer)
-            print(f"{rcpts} rcpt/msg under {tracer}: {figures}")
+            base = work / f"{tracer}-{workload}"
+            figures = drain(REPO, base, args.records, workload, tracer)
+            print(f"{workload} rcpt/msg under {tracer}: {figures}")
             for found in base.glob(f"{tracer}*.txt"):
-                shutil.copy(found, out / f"{rcpts}rcpt-{found.name}")
+                shutil.copy(found, out / f"{workload}rcpt-{found.name}")
             shutil.rmtree(base, ignore_errors=True)
     print(f"profiles in {out}; per record: divide strace's calls by "
           f"{args.records} (the warm-up is not traced)")
