@@ -58,6 +58,10 @@ class DnsResolver:
         return [(rr.preference, rr.exchange.to_text().rstrip(".")) for rr in answer]
 
 
+# One generator for every attempt: a new random.Random() per attempt seeds itself from
+# os.urandom (a system call and 2.5 KB of seeding each time) for two shuffles.
+_RNG = random.Random()
+
 RouteSource = Callable[[], Sequence[Route]]
 """The routes in force now: called once per delivery pass (``passes.py``), so that a route
 added or removed through the API or the CLI applies to the next pass without restarting the
@@ -89,7 +93,7 @@ def destination(domain: str, routes: Sequence[Route], resolver: Resolver, *,
     """The hops to try in order for mail to ``domain``: the most specific matching routes
     by priority (equal ones shuffled), else the MX records by preference (equal ones
     shuffled, RFC 5321 §5.1)."""
-    rng = rng or random.Random()
+    rng = rng or _RNG
     chosen = matching(routes, _ascii(domain), _key(sender), _key(auth_user))
     if chosen:
         return Destination(tuple(Hop(HostPort(r.remote_host, r.remote_port), r)
