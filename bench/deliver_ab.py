@@ -1,7 +1,7 @@
 """The daemon runner's CPU per delivered record, for this tree and another revision, interleaved.
 
-    .venv/bin/python -m bench.deliver_ab --baseline REV [--rounds 3] [--records 600]
-    .venv/bin/python -m bench.deliver_ab --trace DIR [--records 600]   # strace -c and py-spy
+    .venv/bin/python -m bench.deliver_ab --baseline REV [--rounds 3] [--records 500]
+    .venv/bin/python -m bench.deliver_ab --trace DIR [--records 500]   # strace -c and py-spy
 
 Rows 2a and 2b of ``make bench`` run the receiver and the daemon runner on the same two cores,
 so every millisecond the runner spends per record is taken from the receiver. This measures
@@ -191,7 +191,7 @@ def main() -> int:
     parser.add_argument("--baseline", help="a git revision to compare with")
     parser.add_argument("--trace", help="a directory for strace and py-spy output instead")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--records", type=int, default=600)
+    parser.add_argument("--records", type=int, default=500)
     args = parser.parse_args()
     if not args.baseline and not args.trace:
         parser.error("give --baseline REV or --trace DIR")
