@@ -20,9 +20,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from watchdog.events import (
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -45,13 +46,9 @@ _TICK = 1.0
 FULL_SWEEP_EVERY = 3600.0
 
 
-# What a writer does to the notify file: creates it, appends to it (each append is a write),
-# renames it. The watch asks the kernel for these events only (watchdog's event_filter sets
-# the inotify mask): opening, reading and closing the file, which every append and every
-# worker's read does, would each cost every worker a trip through watchdog's threads and
-# queues (a fifth of a worker's CPU per record behind a receiver), and waking on a read
-# would wake every worker again.
-_NEWS: list[type[FileSystemEvent]] = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent]
+# What a writer does to the notify file. Opening, reading and closing it unwritten are what
+# the workers themselves do: waking on those, each read would wake every worker again.
+_NEWS = frozenset({EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED, EVENT_TYPE_CLOSED})
 
 
 class _Wake(FileSystemEventHandler):
@@ -60,6 +57,8 @@ class _Wake(FileSystemEventHandler):
         self._event = event
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _NEWS:
+            return
         paths = (str(event.src_path), str(getattr(event, "dest_path", "") or ""))
         if any(path.endswith(self._suffixes) for path in paths):
             self._event.set()
@@ -144,7 +143,7 @@ class Daemon:
         observer = Observer()
         path = store.layout.notify
         observer.schedule(_Wake((path.name, old_path(path).name), self.wake),
-                          str(store.layout.root), recursive=False, event_filter=_NEWS)
+                          str(store.layout.root), recursive=False)
         observer.start()
         log.info("watching %s", path)
         try:
