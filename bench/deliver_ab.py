@@ -14,9 +14,10 @@ the queue is empty. Three workloads: one recipient per message, three recipients
 message (one SMTP transaction each), and "1-trickle", one recipient per message queued
 while the runner runs, 10 every 30 ms (about Postfix's rate in row 2a): each wake of the
 daemon then starts a small pass, as behind a real receiver, where the burst workloads start
-one big pass (what is read once per pass is shared by far more attempts there). Printed: user and system CPU ms per delivered record
-(from ``/proc/<pid>/stat`` of the tree) and records/s, medians of ``--rounds`` rounds that
-alternate the order of the two trees; ``REV`` is extracted with ``git archive``.
+one big pass (what is read once per pass is shared by far more attempts there). Printed:
+user and system CPU ms per delivered record (from ``/proc/<pid>/stat`` of the tree) and
+records/s (in the trickle workload, the rate the records came at), medians of ``--rounds``
+rounds that alternate the order of the two trees; ``REV`` is extracted with ``git archive``.
 
 ``--trace DIR`` runs this tree once per workload under ``strace -c -f`` (syscall counts,
 fsyncs per record) and then under ``py-spy record -g -f raw`` (one profile per worker), into
