@@ -65,7 +65,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=500)
     args = parser.parse_args()
     trees = {"this tree": REPO, args.baseline: extract(args.baseline)}
-    work = Path(tempfile.mkdtemp(prefix="tmail-ab-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="tmail-ab-", dir="/var/spool"))
     rates: dict[tuple[str, str, str], list[float]] = {}
     try:
         for number in range(args.rounds):

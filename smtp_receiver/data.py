@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tmail.message import HEADER_LIMIT
+from tmail.message import HEADER_LIMIT, header_fields
 
 TERMINATOR = b"\r\n.\r\n"
 MAX_LINE = 1001  # octets with the CRLF and a transparency dot (RFC 5321 §4.5.3.1.6)
@@ -183,20 +183,7 @@ class HeaderBlock:
     def values(self, name: str) -> list[bytes]:
         """The value of every ``name`` field, unfolded, as the bytes the client sent (for
         the few fields a rule reads: the submission ports check ``From:``)."""
-        key = name.lower().encode()
-        found: list[bytearray] = []
-        current: bytearray | None = None
-        for line in self._block.split(b"\r\n"):
-            if line[:1] in (b" ", b"\t"):
-                if current is not None:
-                    current += b" " + line.strip()
-                continue
-            current = None
-            field, colon, value = line.partition(b":")
-            if colon and field.strip().lower() == key:
-                current = bytearray(value.strip())
-                found.append(current)
-        return [bytes(value) for value in found]
+        return header_fields(self._block, name)
 
 
 class Spool(Protocol):

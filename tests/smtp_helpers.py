@@ -45,8 +45,10 @@ class Receiver:
         return ssl.create_default_context(cafile=str(self.cert))
 
     def leftovers(self) -> list[str]:
-        """Files in the queue's tmp/ (a message half-written and not cleaned up)."""
-        return sorted(path.name for path in self.queue.layout.tmp.iterdir())
+        """Files in the queue's tmp/ (a message half-written and not cleaned up); the empty
+        spares a receiver makes ahead (``*.new``, tmail/queue/spares.py) are not."""
+        return sorted(path.name for path in self.queue.layout.tmp.iterdir()
+                      if path.suffix != ".new")
 
 
 def start_receiver(env: dict[str, str], log: Path) -> Receiver:

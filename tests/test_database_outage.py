@@ -221,3 +221,34 @@ def test_the_runner_defers_a_local_delivery_while_postgresql_is_stopped(
     assert queue.get(record.id) is None
     home = config.mailboxes_dir / "r" / LOCAL / "b" / "bob" / "Maildir" / "new"
     assert len(list(home.iterdir())) == 1
+
+
+def test_a_generation_read_after_a_restart_of_the_database_is_answered(
+    database: Database, outage: Outage, tmp_path: Path
+) -> None:
+    """The generation (read per RCPT) has a connection of its own, kept between reads
+    (tmail.generations): one cut by a restart is replaced at once, not refused once."""
+    store = UserStore(database, tmp_path / "mb")
+    store.create("alice@example.org", "password1")
+    before = store.generation()
+    outage.down()
+    outage.up()
+    assert store.generation() == before
+    store.create("bob@example.org", "password1")
+    assert store.generation() == before + 1
+
+
+def test_a_generation_read_sees_a_sqlite_file_restored_from_a_backup(tmp_path: Path) -> None:
+    live, backup = tmp_path / "users.db", tmp_path / "backup" / "users.db"
+    store = UserStore(Database(f"sqlite:///{live}"), tmp_path / "mb")
+    store.create("alice@example.org", "password1")
+    restored = UserStore(Database(f"sqlite:///{backup}"), tmp_path / "mb")
+    for number in range(3):
+        restored.create(f"user{number}@example.org", "password1")
+    restored_generation = restored.generation()
+    restored.database.dispose()
+    assert store.generation() != restored_generation  # its connection is kept now
+    backup.rename(live)
+    for suffix in ("-wal", "-shm"):  # as test_db's restore: the old file's WAL goes too
+        Path(f"{live}{suffix}").unlink(missing_ok=True)
+    assert store.generation() == restored_generation

@@ -34,13 +34,13 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
-    select,
     update,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
 from tmail import sqlite as tmail_sqlite
+from tmail.generations import GenerationReader
 
 if TYPE_CHECKING:
     from tmail.config import Config
@@ -99,10 +99,13 @@ def _translated(url: URL) -> Iterator[None]:
     except (sa_exc.DBAPIError, sa_exc.TimeoutError) as error:
         if not _unavailable(error):
             raise
-        reason = " ".join(str(getattr(error, "orig", None) or error).split())  # one line
-        raise DatabaseUnavailable(
-            f"database {url.render_as_string(hide_password=True)} unavailable: {reason}"
-        ) from error
+        raise unavailable_error(url, error) from error
+
+
+def unavailable_error(url: URL, error: Exception) -> DatabaseUnavailable:
+    reason = " ".join(str(getattr(error, "orig", None) or error).split())  # one line
+    return DatabaseUnavailable(
+        f"database {url.render_as_string(hide_password=True)} unavailable: {reason}")
 
 
 class Database:
@@ -125,6 +128,9 @@ class Database:
         self._engine: Engine | None = None
         self._pid = 0
         self._migrated = False
+        identity = ((lambda: _file_identity(self.url.database or ""))
+                    if self.url.get_backend_name() == "sqlite" else (lambda: None))
+        self._generations = GenerationReader(lambda: self.engine, identity, self._unavailable)
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"
@@ -160,6 +166,15 @@ class Database:
         with _translated(self.url), self.engine.connect() as conn:
             conn.execution_options(**self._read_options)
             yield conn
+
+    def generation(self, name: str = DIRECTORY) -> int:
+        """The counter ``name`` (:data:`generations`) as committed now: what a cache built
+        on those rows compares with before each use (:mod:`tmail.generations`)."""
+        self._ensure_migrated()
+        return self._generations.read(name)
+
+    def _unavailable(self, error: Exception) -> DatabaseUnavailable:
+        return unavailable_error(self.url, error)
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (once per process; race-free, see
@@ -200,6 +215,7 @@ class Database:
 
     def dispose(self) -> None:
         """Close the pooled connections (tests, and a process that is done with them)."""
+        self._generations.close()
         if self._engine is not None:
             self._engine.dispose()
 
@@ -265,10 +281,6 @@ def bump_generation(conn: Connection, name: str = DIRECTORY) -> None:
     what a cache built on it holds (a commit and its new number are seen together)."""
     conn.execute(update(generations).where(generations.c.name == name)
                  .values(value=generations.c.value + 1))
-
-
-def read_generation(conn: Connection, name: str = DIRECTORY) -> int:
-    return int(conn.scalar(select(generations.c.value).where(generations.c.name == name)) or 0)
 
 
 _OPEN: OrderedDict[str, Database] = OrderedDict()

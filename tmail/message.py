@@ -52,19 +52,29 @@ def parse_headers(raw: bytes):  # type: ignore[no-untyped-def]
     return BytesHeaderParser(policy=compat32).parsebytes(header_block(raw))
 
 
+def header_fields(block: bytes, name: str) -> list[bytes]:
+    """The value of every ``name`` field of a header block, unfolded, as the bytes the client
+    sent (the email package would turn an 8-bit value into replacement characters)."""
+    key = name.lower().encode()
+    found: list[bytearray] = []
+    current: bytearray | None = None
+    for line in block.splitlines():
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current += b" " + line.strip()
+            continue
+        current = None
+        field, colon, value = line.partition(b":")
+        if colon and field.strip().lower() == key:
+            current = bytearray(value.strip())
+            found.append(current)
+    return [bytes(value) for value in found]
+
+
 def first_field(raw: bytes, name: str) -> bytes | None:
-    """The value of the first ``name`` field of the header block, unfolded, as the bytes the
-    client sent (the email package would turn an 8-bit value into replacement characters)."""
-    wanted = name.lower().encode() + b":"
-    value: bytes | None = None
-    for line in header_block(raw).splitlines():
-        if value is not None:
-            if line[:1] not in (b" ", b"\t"):
-                break
-            value += b" " + line.strip()
-        elif line[: len(wanted)].lower() == wanted:
-            value = line[len(wanted):].strip()
-    return value
+    """The value of the first ``name`` field of the header block of ``raw``, or ``None``."""
+    values = header_fields(header_block(raw), name)
+    return values[0] if values else None
 
 
 def extract_message_id(raw: bytes) -> str:

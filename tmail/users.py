@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from tmail.address import Address, AddressError, domain_of
-from tmail.db import Database, bump_generation, open_database, open_migrated, read_generation
+from tmail.db import Database, bump_generation, open_database, open_migrated
 from tmail.users_table import users
 
 if TYPE_CHECKING:
@@ -174,8 +174,7 @@ class UserStore:
         any node): the ``directory`` counter row, bumped in the same transaction as each
         write. One primary-key read: the receiver calls it per RCPT to know when to re-read
         its local domains, instead of caching them for a while."""
-        with self.database.connect() as conn:
-            return read_generation(conn)
+        return self.database.generation()
 
     # --- administration (the API and the CLI) --------------------------------------------
 

@@ -2,26 +2,28 @@
 clients may relay, and the look-ups of alias expansion.
 
 The small sets (local and relay domains, relay networks) are kept in memory and re-read
-whenever the ``directory`` generation moved (:func:`tmail.db.read_generation`: one indexed
-read per decision). Every write to users, domains, aliases or relay networks bumps it in its
-own transaction, on whichever node: a change is effective at the next SMTP command on every
-node, and nothing can serve a deleted domain. Aliases and users are looked up per address on
-unique indexes, never cached.
+whenever the ``directory`` generation moved (:meth:`tmail.db.Database.generation`: one
+prepared read per decision, :mod:`tmail.generations`). Every write to users, domains,
+aliases or relay networks bumps it in its own transaction, on whichever node: a change is
+effective at the next SMTP command on every node, and nothing can serve a deleted domain.
+Aliases and users are looked up per address on unique indexes, never cached. A decision
+that needs no such look-up (a relayed recipient, an untrusted client's message at signing)
+takes no pooled connection at all.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
 
 from tmail.address import Address, AddressError
 from tmail.config import Config
-from tmail.db import Database, read_generation
+from tmail.db import Database
 from tmail.directory import relayips
 from tmail.directory.aliases import alias_entry
 from tmail.directory.expansion import AliasEntry, ExpansionError, expand
@@ -47,25 +49,27 @@ class Directory:
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
 
-    def snapshot(self, conn: Connection) -> Snapshot:
-        generation = read_generation(conn)
+    def snapshot(self) -> Snapshot:
+        generation = self.db.generation()
         current = self._snapshot
         if current is not None and current.generation == generation:
             return current
         # Read after the generation: what is loaded is at least that new; a write in
         # between only costs one more reload at the next call.
-        fresh = Snapshot(generation, local_domains(conn, self.config.local_domains),
-                         relay_domains(conn),
-                         (*self.config.relay_networks, *relayips.networks(conn)))
+        with self.db.connect() as conn:
+            fresh = Snapshot(generation, local_domains(conn, self.config.local_domains),
+                             relay_domains(conn),
+                             (*self.config.relay_networks, *relayips.networks(conn)))
         with self._lock:
             self._snapshot = fresh
         return fresh
 
     @contextmanager
     def reading(self) -> Iterator[Reader]:
-        """The look-ups of one decision, on one connection and one snapshot."""
-        with self.db.connect() as conn:
-            yield Reader(conn, self.snapshot(conn))
+        """The look-ups of one decision, on one snapshot and (taken at its first query, if
+        any) one connection."""
+        with ExitStack() as stack:
+            yield Reader(self.snapshot(), lambda: stack.enter_context(self.db.connect()))
 
     def resolve(self, text: str, postmaster: Address | None = None) -> list[Target]:
         """What a locally submitted recipient (``sendmail``) is queued for: the expansion of
@@ -90,12 +94,20 @@ class Directory:
             return reader.snapshot.local
 
 
-@dataclass(frozen=True)
 class Reader:
     """:class:`tmail.directory.expansion.Lookup` on one connection, plus relay checks."""
 
-    conn: Connection
-    snapshot: Snapshot
+    def __init__(self, snapshot: Snapshot, connect: Callable[[], Connection]) -> None:
+        self.snapshot = snapshot
+        self._connect = connect
+        self._conn: Connection | None = None
+
+    @property
+    def conn(self) -> Connection:
+        """The decision's connection, taken from the pool at its first use."""
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
 
     def is_local(self, address: Address) -> bool:
         return address.ascii_domain in self.snapshot.local or (

@@ -41,7 +41,7 @@ from tmail.db import Database, DatabaseUnavailable, open_database
 from tmail.directory.lookup import Directory
 from tmail.dkim.keys import KeyStore, SigningKey
 from tmail.dkim.trust import is_trusted
-from tmail.message import HEADER_LIMIT, first_field, parse_headers
+from tmail.message import HEADER_LIMIT, header_block, header_fields, parse_headers
 from tmail.queue import Envelope, QueueWriteError
 from tmail.queue.spool import SpooledFile
 
@@ -57,10 +57,10 @@ _CACHED_DOMAINS = 4096  # From: domains a signer remembers (a key or none) per g
 def from_domain(headers: bytes) -> str | None:
     """The A-label domain of the ``From:`` header, when there is one field whose addresses
     all share one domain (what DMARC aligns with); else ``None`` (nothing to sign for)."""
-    field = first_field(headers, "From")  # as sent (8-bit: an SMTPUTF8 address)
-    if field is None or len(parse_headers(headers).get_all("From") or []) != 1:
+    fields = header_fields(header_block(headers), "From")  # as sent (8-bit: SMTPUTF8)
+    if len(fields) != 1:
         return None
-    value = field.decode("utf-8", "replace")
+    value = fields[0].decode("utf-8", "replace")
     domains = set()
     for _, address in email.utils.getaddresses([value]):
         local, at, domain = address.rpartition("@")

@@ -35,6 +35,7 @@ from tmail.queue.errors import EnvelopeError, QueueWriteError
 from tmail.queue.ids import IdAllocator
 from tmail.queue.layout import QueueLayout
 from tmail.queue.record import Record, Status, now
+from tmail.queue.spares import SpareFiles
 from tmail.queue.spool import Spool, SpooledFile
 
 Outcome = list[Record] | Exception
@@ -137,6 +138,7 @@ class Enqueuer:
         self._ids = ids
         self._ensure_dir = ensure_dir
         self._notify = notify
+        self.spares = SpareFiles(layout.tmp)  # files made ahead (spares.py)
 
     def enqueue_many(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(envelopes)
@@ -178,7 +180,7 @@ class Enqueuer:
         try:
             check_envelope(envelope)
             if spool is None:
-                spool = Spool(self.layout.tmp)
+                spool = Spool(self.layout.tmp, spares=self.spares)
                 spool.write(envelope.raw)  # type: ignore[arg-type]
             return spool.take()
         except Exception as exc:
@@ -229,8 +231,7 @@ class Enqueuer:
 
     def _write_records(self, item: _Staged) -> None:
         for record in item.records:
-            item.json_tmps.append(
-                fsutil.write_temp(self.layout.tmp, record.to_bytes(), sync=False))
+            item.json_tmps.append(self.spares.write(record.to_bytes()))
         fault_point("enqueue:staged")
 
     # --- publishing ----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 from tmail import fsutil
 from tmail.message import HEADER_LIMIT, header_end
 from tmail.queue.errors import QueueWriteError
+from tmail.queue.spares import SpareFiles
 
 BUFFER_SIZE = 64 * 1024
 
@@ -40,8 +41,10 @@ class SpooledFile:
 class Spool:
     """A message being received, written into ``<queue>/tmp/`` as it arrives."""
 
-    def __init__(self, tmp_dir: Path, *, buffer_size: int = BUFFER_SIZE) -> None:
+    def __init__(self, tmp_dir: Path, *, buffer_size: int = BUFFER_SIZE,
+                 spares: SpareFiles | None = None) -> None:
         self._tmp_dir = tmp_dir
+        self._spares = spares  # the store's files made ahead, if any
         self._path: Path | None = None  # the file, once the first buffer-full is written
         self._fd: int | None = None
         self._done = False  # discarded or taken: no more writes
@@ -124,8 +127,11 @@ class Spool:
         """Create the file: only when the first buffer-full is written out (or at ``take``,
         in the enqueue's thread), so that a small message costs its event loop no file
         creation, which can wait for the journal commit of another session's fsync."""
-        path = fsutil.temp_name(self._tmp_dir, ".spool")
         try:
+            if self._spares is not None:
+                self._path, self._fd = self._spares.open(".spool")
+                return
+            path = fsutil.temp_name(self._tmp_dir, ".spool")
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                fsutil.FILE_MODE)
         except OSError as exc:
@@ -137,10 +143,8 @@ class Spool:
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view):]
+            fsutil.write_all(self._fd, data)
         except OSError as exc:
             self._failed = _write_error(exc)
             raise self._failed from exc

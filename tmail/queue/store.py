@@ -108,7 +108,16 @@ class QueueStore:
     def spool(self) -> Spool:
         """A temp file in ``tmp/`` to write an arriving message into; pass it as an
         :class:`Envelope`'s ``raw`` to enqueue it without a copy."""
-        return Spool(self.layout.tmp)
+        return Spool(self.layout.tmp, spares=self._enqueuer.spares)
+
+    def prepare_files(self) -> None:
+        """Make a few empty files ahead for the next messages (:mod:`.spares`): call it from
+        a thread that may block, when nothing else waits to be queued."""
+        self._enqueuer.spares.refill()
+
+    def release_files(self) -> None:
+        """Remove the files made ahead and not used (a process that stops enqueueing)."""
+        self._enqueuer.spares.close()
 
     def _ensure_dir(self, path: Path) -> None:
         if path in self._known_dirs:
