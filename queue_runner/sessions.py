@@ -88,10 +88,12 @@ class ConnectionCache:
         """QUIT the sessions past their limits (all of them with ``everything``)."""
         moment = time.monotonic()
         closing: list[Cached] = []
-        with self._lock:
+        with self._lock:  # the daemon calls this at every wake: one pass over the sessions
             for sessions in self._idle.values():
-                keep = [c for c in sessions if not everything and self._usable(c, moment)]
-                closing.extend(c for c in sessions if c not in keep)
+                keep = []
+                for cached in sessions:
+                    usable = not everything and self._usable(cached, moment)
+                    (keep if usable else closing).append(cached)
                 sessions[:] = keep
         for cached in closing:
             quit_session(cached.client)
