@@ -88,12 +88,10 @@ class ConnectionCache:
         """QUIT the sessions past their limits (all of them with ``everything``)."""
         moment = time.monotonic()
         closing: list[Cached] = []
-        with self._lock:  # the daemon calls this at every wake: one pass over the sessions
+        with self._lock:
             for sessions in self._idle.values():
-                keep = []
-                for cached in sessions:
-                    usable = not everything and self._usable(cached, moment)
-                    (keep if usable else closing).append(cached)
+                keep = [c for c in sessions if not everything and self._usable(c, moment)]
+                closing.extend(c for c in sessions if c not in keep)
                 sessions[:] = keep
         for cached in closing:
             quit_session(cached.client)
