@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
+from queue_runner.passes import PerPass, new_pass
 from queue_runner.pipe import PipeTransport
 from queue_runner.reports import AttemptReports
 from queue_runner.results import RecipientResult, failure
@@ -59,6 +60,7 @@ class Runner:
         self.store = store
         self.users = users
         self.directory = Directory(users.database, config)
+        self._local_domains = PerPass(self.directory.local_domains)
         self.smtp = smtp
         self.local = local or MaildirTransport(config, users)
         self.pipe: Transport = PipeTransport(config)
@@ -137,8 +139,12 @@ class Runner:
         return self.submit_ids(self.schedule.pop_due())
 
     def submit_ids(self, ids: Iterable[int]) -> list[Future[None]]:
-        """Read these records and start those that are due; schedule the others again."""
-        return self.take(filter(None, map(self.store.get, dict.fromkeys(ids))))
+        """Read these records and start those that are due; schedule the others again.
+
+        Their files are read as they are (``load``): whether another runner holds a claim
+        is found by the attempt, which takes the claim and reads the record once more.
+        """
+        return self.take(filter(None, map(self.store.load, dict.fromkeys(ids))))
 
     def run_once(self) -> int:
         """Deliver everything due now and wait for it (the cron driver).
@@ -154,7 +160,9 @@ class Runner:
 
     def submit(self, records: list[Record]) -> list[Future[None]]:
         """Group records by message and destination: one SMTP transaction per group (pipe
-        records by their command)."""
+        records by their command). The groups are one pass (``passes.py``): they share one
+        read of the local domains and of the routes."""
+        number = new_pass()
         groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
         with self._inflight_lock:
             for record in records:
@@ -162,7 +170,7 @@ class Runner:
                     continue
                 self._inflight.add(record.id)
                 groups[(record.uuid, record.host, record.pipe)].append(record)
-        return [self._pool.submit(self._attempt, group) for group in groups.values()]
+        return [self._pool.submit(self._attempt, group, number) for group in groups.values()]
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -178,7 +186,7 @@ class Runner:
 
     # --- one attempt -------------------------------------------------------------------
 
-    def _attempt(self, group: list[Record]) -> None:
+    def _attempt(self, group: list[Record], number: int) -> None:
         """Claim, start, send, finish. Whatever an attempt raises is logged and the records
         come back after the minimal backoff (their claims die with the ``with``): one broken
         record never spins, and the others go on."""
@@ -194,7 +202,8 @@ class Runner:
                 attempt_at = now()
                 started = self._start_all(claims)
                 if started:
-                    results = self._send([c.record for c in started], started[0].read_raw())
+                    results = self._send([c.record for c in started], started[0].read_raw(),
+                                         number)
                     self._finish_all(started, results, attempt_at)
         except Exception:
             log.exception("%s: delivery attempt failed unexpectedly; retrying in %gs",
@@ -206,21 +215,22 @@ class Runner:
             with self._inflight_lock:
                 self._inflight.difference_update(record.id for record in group)
 
-    def _is_local(self, host: str) -> bool:
+    def _is_local(self, host: str, number: int) -> bool:
         """The directory's one definition: domains with ``local`` true, the domains of
-        users with a mailbox, ``TMAIL_LOCAL_DOMAINS``."""
-        return host in self.directory.local_domains()
+        users with a mailbox, ``TMAIL_LOCAL_DOMAINS`` (read once in pass ``number``)."""
+        return host in self._local_domains.get(number)
 
-    def _send(self, started: list[Record], raw: bytes) -> list[RecipientResult]:
+    def _send(self, started: list[Record], raw: bytes, number: int) -> list[RecipientResult]:
         """The transport's results; any exception becomes a temporary failure of them all,
         which then goes through the normal finish path (``LastError``, backoff)."""
         first = started[0]
         relay = "none"
         try:
-            transport, relay, slot = self._transport(first)
+            transport, relay, slot = self._transport(first, number)
             message = Outgoing(first.uuid, first.mail_from, raw, [r.rcpt_to for r in started],
                                auth_user=first.auth_user,
-                               orig_rcpts=[r.orig_rcpt for r in started], pipe=first.pipe)
+                               orig_rcpts=[r.orig_rcpt for r in started], pipe=first.pipe,
+                               pass_number=number)
             with self._slot(slot):
                 results = transport.send(message)
             if len(results) != len(started):
@@ -235,13 +245,13 @@ class Runner:
             reason = f"4.3.0 internal error: {type(exc).__name__}: {exc}"
             return [failure(451, reason, relay)] * len(started)
 
-    def _transport(self, record: Record) -> tuple[Transport, str, str]:
+    def _transport(self, record: Record, number: int) -> tuple[Transport, str, str]:
         """The transport for ``record``, its relay name for errors, and its slot: the
         record's own Transport (a pipe, one slot per command), else local or remote by
         its domain (one slot per domain)."""
         if record.transport == "pipe":
             return self.pipe, "pipe", f"pipe {record.pipe}"
-        if self._is_local(record.host):
+        if self._is_local(record.host, number):
             return self.local, "local", "local"
         return self.smtp, "none", record.host
 

@@ -390,3 +390,19 @@ def test_every_reader_quarantines_the_same_bad_records(store: QueueStore, change
     [quarantined] = store.quarantined()
     assert quarantined.id == 2 and reason in quarantined.reason
     assert [r.id for r in store.iter_records()] == [1] and store.get(2) is None
+
+
+def test_a_raw_message_whose_unlink_a_crash_undid_is_a_leftover_for_cleanup(
+    store: QueueStore,
+) -> None:
+    """Removing a message's last record does not fsync the raw file's directory: after a
+    crash the raw file may be back with its Uuid name alone. Nothing reads it, and cleanup
+    removes it once past the grace period."""
+    [record] = store.enqueue(RAW, "a@b.org", ["x@y.org"])
+    store.layout.record_json(record.id).unlink()  # the removal that was made durable
+    store.layout.record_raw(record.id).unlink()
+    raw = store.layout.message_raw(record.uuid)
+    assert raw.stat().st_nlink == 1 and store.get(record.id) is None
+    assert store.cleanup(grace=3600) == 0 and raw.exists()  # too young: maybe an enqueue
+    assert store.cleanup(grace=0) == 1 and not raw.exists()
+    assert_no_debris(store)

@@ -225,6 +225,17 @@ def test_no_dsn_for_the_null_sender(runner: Runner, store: QueueStore, sink: Sin
     assert list(store.iter_ids()) == []
 
 
+def test_a_record_whose_link_an_enqueue_crash_lost_is_still_delivered(
+    runner: Runner, store: QueueStore, sink: Sink
+) -> None:
+    """A crash between the raw file's rename and a record's hard link leaves the record
+    without its ``.eml``: the runner makes the link again when it claims the record."""
+    [record] = store.enqueue(message(), "s@sender.test", ["r@remote.test"])
+    store.layout.record_raw(record.id).unlink()
+    assert runner.run_once() == 1
+    assert len(sink.messages) == 1 and list(store.iter_ids()) == []
+
+
 def test_one_delay_warning(tmp_path: Path, sink: Sink) -> None:
     env = tmail_env(tmp_path, TMAIL_ROUTES=sink.route, TMAIL_RETRY_MIN_BACKOFF="0",
                     TMAIL_RETRY_MAX_BACKOFF="0", TMAIL_DELAY_WARNING="1")

@@ -94,8 +94,10 @@ class Routes:
 
     def __init__(self) -> None:
         self.current: list[Route] = []
+        self.reads = 0
 
     def __call__(self) -> list[Route]:
+        self.reads += 1
         return list(self.current)
 
 
@@ -255,8 +257,8 @@ def test_routes_by_sender_and_host_reach_their_own_servers(runner: Runner, route
         assert [m.content.count(b"Subject: 3") for m in smart.messages] == [1]
 
 
-def test_a_route_change_applies_at_the_next_attempt(runner: Runner, routes: Routes,
-                                                    store: QueueStore) -> None:
+def test_a_route_change_applies_at_the_next_pass(runner: Runner, routes: Routes,
+                                                 store: QueueStore) -> None:
     with Sink() as first, Sink() as second:
         routes.current = [to(first.port, host="remote.test")]
         queue(store, n=1)
@@ -270,6 +272,19 @@ def test_a_route_change_applies_at_the_next_attempt(runner: Runner, routes: Rout
         attempt(runner)  # no route left: by MX, which does not know the domain here
         assert [len(first.messages), len(second.messages)] == [1, 1]
         assert store.get(record.id) is None
+
+
+def test_routes_are_read_once_per_delivery_pass(runner: Runner, routes: Routes,
+                                                store: QueueStore) -> None:
+    with Sink() as sink:
+        routes.current = [to(sink.port)]
+        for n in range(10):
+            queue(store, f"r{n}@remote{n}.test", n=n)  # ten messages, ten domains
+        attempt(runner)
+        assert (len(sink.messages), routes.reads) == (10, 1)
+        queue(store, n=10)
+        attempt(runner)
+        assert (len(sink.messages), routes.reads) == (11, 2)
 
 
 def test_routes_that_cannot_be_read_defer_instead_of_going_by_mx(config: Config,

@@ -11,8 +11,11 @@ recipient. The order of the steps is what keeps a crash harmless:
 2. removed records: every ``<Id>.json`` unlinked first (the record is gone), then every
    ``<Id>.eml`` link;
 3. the record directories are ``fsync``'d, once each: the changes are durable;
-4. only then the raw message, once no record link is left (its link count says so), and its
-   directory. Were 4 made durable before 3, a crash could keep a record whose message is gone.
+4. only then the raw message, once no record link is left (its link count says so). Were 4
+   made durable before 3, a crash could keep a record whose message is gone. Its directory
+   is not ``fsync``'d: a crash that undoes this unlink leaves the raw file with its Uuid name
+   alone (link count 1), the leftover of a cut-short enqueue that the cleanup removes
+   (``housekeeping.py``); it saves a delivered message one of its two ``fsync``s.
 
 A crash before 3 may bring removed records back: they are delivered again (at-least-once),
 never lost.
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from tmail import fsutil
 from tmail.faults import fault_point
@@ -71,13 +73,12 @@ class Batch:
             fsutil.unlink_quietly(layout.record_raw(record.id))
         fsutil.fsync_dirs(layout.record_dir(record.id) for record in [*writes,
                                                                       *(r for r, _ in removes)])
-        gone: dict[str, Path] = {}
+        gone: set[str] = set()
         for record, fd in removes:
             # With no record link left, only the Uuid name keeps the message alive.
-            if record.uuid not in gone and os.fstat(fd).st_nlink <= 1 and (
-                    fsutil.unlink_quietly(layout.message_raw(record.uuid))):
-                gone[record.uuid] = layout.message_dir(record.uuid)
-        fsutil.fsync_dirs(gone.values())
+            if record.uuid not in gone and os.fstat(fd).st_nlink <= 1:
+                fsutil.unlink_quietly(layout.message_raw(record.uuid))
+                gone.add(record.uuid)
 
 
 class LockedRecord:

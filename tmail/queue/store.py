@@ -15,20 +15,17 @@ Crash safety rests on three rules:
    record's mutation lock; it is removed by unlinking its ``.json`` first, then its ``.eml``
    link, then the message's Uuid link once no record link is left (the link count says so).
 3. Leftovers of a crash (a raw file without records, a record link without its ``.json``, a
-   temp file) are removed by :meth:`QueueStore.cleanup` only after a grace period, so that it
-   never races an enqueue in progress.
+   temp file) are removed by :meth:`QueueStore.cleanup` (``housekeeping.py``) only after a
+   grace period, so that it never races an enqueue in progress.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +36,12 @@ from tmail.queue.changes import Batch, LockedRecord
 from tmail.queue.claims import Claim, claim_candidates, shown_status
 from tmail.queue.enqueue import Enqueuer, Envelope, Signer, Target
 from tmail.queue.filters import RecordFilter
+from tmail.queue.housekeeping import Housekeeping, QuarantinedRecord
 from tmail.queue.ids import IdAllocator
 from tmail.queue.layout import UUID_PATTERN, QueueLayout, valid_id
 from tmail.queue.record import Record, RecordError, now, parse_record
 from tmail.queue.scan import LeafMemo, Scanner
 from tmail.queue.spool import Spool
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class QuarantinedRecord:
-    id: int
-    path: Path
-    reason: str
-    quarantined_at: datetime
 
 
 class QueueStore:
@@ -71,6 +59,7 @@ class QueueStore:
         self._dir_mutex = threading.Lock()
         self._known_dirs: set[Path] = set()
         self._scan = Scanner(self.layout)
+        self._housekeeping = Housekeeping(self.layout, self._scan)
         self._enqueuer = Enqueuer(self.layout, self._ids, self._ensure_dir, self._notify,
                                   default_node() if node is None else node, signer)
 
@@ -343,6 +332,9 @@ class QueueStore:
         The claim dies with the process, so a killed runner leaves nothing stuck.
         """
         fd = self._scan.open_record_raw(record_id) if valid_id(record_id) else None
+        if fd is None and valid_id(record_id):  # an enqueue cut short: the link is made again
+            record = self.load(record_id)
+            fd = None if record is None else self._open_raw(record)
         if fd is None:
             yield None
             return
@@ -368,79 +360,18 @@ class QueueStore:
             return None
         return Claim(self, record, fd, json_fd)
 
-    # --- quarantine and cleanup ------------------------------------------------------------
+    # --- quarantine and cleanup (``housekeeping.py``) ----------------------------------------
 
     def quarantine(self, record_id: int, reason: str) -> None:
-        """Move an unusable record aside (never delete it) and say so in the log.
-
-        When it cannot be moved (another user's directory), it is left where it is and
-        reported once: readers skip it either way.
-        """
-        target = self.layout.quarantine
-        moved = False
-        try:
-            for path in (self.layout.record_json(record_id), self.layout.record_raw(record_id)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(path, target / path.name)
-                    moved = True
-            if moved:
-                (target / f"{record_id}.reason").write_text(f"{now().isoformat()} {reason}\n")
-                fsutil.fsync_dirs([target, self.layout.record_dir(record_id)])
-        except OSError as exc:
-            log.error("queue record %d cannot be quarantined (%s): %s", record_id, exc, reason)
-            return
-        if moved:
-            log.error("queue record %d quarantined: %s", record_id, reason)
+        """Move an unusable record aside (never delete it) and say so in the log."""
+        self._housekeeping.quarantine(record_id, reason)
 
     def quarantined(self) -> list[QuarantinedRecord]:
-        found = []
-        for entry in self._scan.entries(self.layout.quarantine):
-            stem, _, suffix = entry.name.partition(".")
-            if suffix != "reason" or not stem.isdigit():
-                continue
-            try:
-                stamp, _, reason = Path(entry.path).read_text().strip().partition(" ")
-                moment = datetime.fromisoformat(stamp)
-            except (OSError, ValueError) as exc:
-                log.warning("cannot read %s: %s", entry.path, exc)
-                continue
-            found.append(QuarantinedRecord(id=int(stem), path=Path(entry.path).with_suffix(
-                ".json"), reason=reason, quarantined_at=moment))
-        return sorted(found, key=lambda item: item.id)
+        return self._housekeeping.quarantined()
 
     def cleanup(self, grace: float) -> int:
-        """Remove crash leftovers older than ``grace`` seconds; returns how many.
-
-        Leftovers: temp files (spools of a killed receiver too), record ``.eml`` links without
-        a ``.json`` (a removal cut short), and raw messages whose only name is their Uuid (an
-        enqueue cut short). One that cannot be removed is left for the next cleanup.
-        """
-        deadline = now().timestamp() - grace
-        removed = self._remove_all(entry for entry in self._scan.entries(self.layout.tmp)
-                                   if _older(entry, deadline))
-        for top in self._scan.numeric_dirs(self.layout.records):
-            for leaf in self._scan.numeric_dirs(top):
-                removed += self._remove_all(
-                    entry for entry in self._scan.entries(leaf)
-                    if entry.name.endswith(".eml") and _older(entry, deadline)
-                    and not os.path.lexists(entry.path[: -len(".eml")] + ".json")
-                )
-        # Last, as removing record links above can leave a message with its Uuid name only.
-        for leaf in self._scan.entries(self.layout.messages):
-            removed += self._remove_all(entry for entry in self._scan.entries(Path(leaf.path))
-                                        if _older(entry, deadline, only_link=True))
-        if removed:
-            log.warning("queue cleanup removed %d leftovers of interrupted writes", removed)
-        return removed
-
-    def _remove_all(self, entries: Iterable[os.DirEntry[str]]) -> int:
-        removed = 0
-        for entry in entries:
-            try:
-                removed += fsutil.unlink_quietly(entry.path)
-            except OSError as exc:  # someone else's: left for them, reported once
-                self._scan.unreadable.note(entry.path, entry.path, exc)
-        return removed
+        """Remove crash leftovers older than ``grace`` seconds; returns how many."""
+        return self._housekeeping.cleanup(grace)
 
     def find_uuid(self, uuid: str) -> Path | None:
         """The raw message of queue id ``uuid`` (ops: ``queue cat``), or ``None``."""
@@ -448,13 +379,3 @@ class QueueStore:
             return None
         path = self.layout.message_raw(uuid)
         return path if path.exists() else None
-
-
-def _older(entry: os.DirEntry[str], deadline: float, *, only_link: bool = False) -> bool:
-    """Whether ``entry`` was last changed before ``deadline`` (and, with ``only_link``, has
-    no other name left); a file gone meanwhile is not a leftover."""
-    try:
-        info = entry.stat(follow_symlinks=False)
-    except OSError:
-        return False
-    return info.st_mtime < deadline and (not only_link or info.st_nlink <= 1)
