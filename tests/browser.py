@@ -135,16 +135,23 @@ def sign_in(driver, stack: ConsoleStack, password: str = "admin") -> None:  # ty
 def submit(driver, element) -> None:  # type: ignore[no-untyped-def]
     """Submit ``element``'s form (or click it: a button, a link) and wait until the page it
     leads to has replaced this one."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
-    page = driver.find_element(By.TAG_NAME, "html")
+    page = driver.find_element(By.TAG_NAME, "html").id
     if element.tag_name in ("a", "button") or element.get_attribute("type") == "submit":
         element.click()
     else:
         element.submit()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+
+    # The new document's root is another element. (Selenium's staleness_of asks the old
+    # one whether it is enabled, and Chromium may answer that mid-navigation with an
+    # "unhandled inspector error" instead of "stale element": a test failed on it in CI.)
+    def replaced(current) -> bool:  # type: ignore[no-untyped-def]
+        return current.find_element(By.TAG_NAME, "html").id != page
+
+    WebDriverWait(driver, 20, ignored_exceptions=(WebDriverException,)).until(replaced)
 
 
 def screenshot(driver, directory: Path, name: str) -> Path:  # type: ignore[no-untyped-def]
