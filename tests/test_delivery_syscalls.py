@@ -5,15 +5,13 @@ contract (docs/queue-format.md), and a regression there is a regression of every
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, tmail_env
+from tests.conftest import tmail_env
 from tests.sink import Sink
+from tests.strace_helper import traced
 from tmail import config as tmail_config
 from tmail.queue import QueueStore
 
@@ -28,9 +26,6 @@ def message(n: int) -> bytes:
 def traced_once(tmp_path: Path, recipients: list[list[str]]) -> tuple[str, Path, Sink]:
     """Queue one message per entry of ``recipients``, deliver them with ``--once`` under
     strace to a loopback sink; the trace, the queue and the sink."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed (apt-get install strace)")
     sink = Sink()
     sink.__enter__()
     env = tmail_env(tmp_path, TMAIL_ROUTES=f"*=127.0.0.1:{sink.port}")
@@ -39,14 +34,11 @@ def traced_once(tmp_path: Path, recipients: list[list[str]]) -> tuple[str, Path,
     for n, rcpts in enumerate(recipients):
         store.enqueue(message(n), "s@sender.test", rcpts)
     trace = tmp_path / "strace.txt"
-    done = subprocess.run(
-        [strace, "-f", "-qq", "-y", "-e", "trace=fsync", "-e", "signal=none",
-         "-o", str(trace), sys.executable, "-m", "queue_runner", "--once"],
-        cwd=REPO, env=env, capture_output=True, timeout=120)
-    if done.returncode != 0 and b"ptrace" in done.stderr:
+    try:
+        traced(["-m", "queue_runner", "--once"], trace, "fsync", env)
+    except BaseException:  # a skip or a failure: the sink goes with it
         sink.__exit__(None, None, None)
-        pytest.skip(f"strace cannot trace here: {done.stderr.decode()[:200]}")
-    assert done.returncode == 0, done.stderr.decode()
+        raise
     assert next(store.iter_ids(), None) is None  # every record delivered and removed
     return trace.read_text(), config.queue_dir, sink
 

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import REPO
+from tests.strace_helper import traced
 from tmail.queue import QueueStore
 
 # One line of ``strace -f -y``: "<pid> <call>(<args>) = <result>", possibly cut in two by
@@ -66,20 +61,11 @@ def test_an_enqueue_syncs_all_files_then_all_directories(tmp_path: Path) -> None
     every record's directory is durable before the call returns (the 250). Three messages
     of consecutive ids share one leaf: one directory fsync for the batch, not one more per
     message for its Uuid name in a hashed messages/ leaf (an index, synced lazily)."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed (apt-get install strace)")
     root = tmp_path / "q"
     QueueStore(root)
     trace = tmp_path / "strace.txt"
-    done = subprocess.run(
-        [strace, "-f", "-qq", "-y", "-e", "signal=none", "-o", str(trace),
-         "-e", "trace=fsync,rename,renameat,renameat2,link,linkat,access,faccessat,faccessat2",
-         sys.executable, "-c", ENQUEUE, str(root)],
-        cwd=REPO, capture_output=True, timeout=120)
-    if done.returncode != 0 and b"ptrace" in done.stderr:
-        pytest.skip(f"strace cannot trace here: {done.stderr.decode()[:200]}")
-    assert done.returncode == 0, done.stderr.decode()
+    traced(["-c", ENQUEUE, str(root)], trace,
+           "fsync,rename,renameat,renameat2,link,linkat,access,faccessat,faccessat2")
     steps, dirs = disk_steps(trace.read_text(), root)
     rounds = [step for n, step in enumerate(steps) if n == 0 or steps[n - 1] != step]
     assert rounds == ["file", "name", "dir"], steps

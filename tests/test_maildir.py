@@ -5,9 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from queue_runner.delivery import Runner
-from tests.conftest import REPO, tmail_env
+from tests.conftest import tmail_env
+from tests.strace_helper import traced
 from tmail import config as tmail_config
 from tmail.config import Config
 from tmail.queue import QueueStore, Status
@@ -35,22 +34,13 @@ def message(size: int = 0) -> bytes:
 def test_a_first_delivery_makes_every_new_directory_durable(tmp_path: Path) -> None:
     """Each directory created for a new mailbox (home, Maildir, tmp/new/cur) has its entry
     fsync'ed in its parent, as seen by strace in a real ``--once`` run."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed (apt-get install strace)")
     env = tmail_env(tmp_path, TMAIL_LOCAL_DOMAINS=LOCAL)
     config = tmail_config.load(env)
     user = open_store(config).create(
         f"bob@{LOCAL}", "password1", have_mailbox=True)
     QueueStore(config.queue_dir).enqueue(message(), "s@sender.test", [f"bob@{LOCAL}"])
     trace = tmp_path / "strace.txt"
-    done = subprocess.run(
-        [strace, "-f", "-qq", "-y", "-e", "trace=mkdir,mkdirat,fsync", "-e", "signal=none",
-         "-o", str(trace), sys.executable, "-m", "queue_runner", "--once"],
-        cwd=REPO, env=env, capture_output=True, timeout=120)
-    if done.returncode != 0 and b"ptrace" in done.stderr:
-        pytest.skip(f"strace cannot trace here: {done.stderr.decode()[:200]}")
-    assert done.returncode == 0, done.stderr.decode()
+    traced(["-m", "queue_runner", "--once"], trace, "mkdir,mkdirat,fsync", env)
     assert len(list((user.maildir / "new").iterdir())) == 1
     text = trace.read_text()
     root = str(config.mailboxes_dir)
