@@ -99,11 +99,15 @@ class GroupCommitter:
         """In the commit thread: the batch, its outcomes handed to the event loop, then,
         when no other message waits, the next messages' files made ahead (spares.py), off
         the path between a final dot and its 250."""
+        results: list[Outcome] | None = None
         try:
-            results: list[Outcome] = self._store.enqueue_many(envelopes)
+            results = self._store.enqueue_many(envelopes)
         except Exception as exc:  # a bug in the store: no session may hang on it
             results = [exc] * len(envelopes)
-        loop.call_soon_threadsafe(_resolve, written, results)
+        finally:  # even a BaseException (this job's future is never read) answers them
+            if results is None:
+                results = [RuntimeError("enqueue interrupted")] * len(envelopes)
+            loop.call_soon_threadsafe(_resolve, written, results)
         if not self._pending:  # read from this thread: a hint, a late message only waits
             try:
                 self._store.prepare_files()
